@@ -1,0 +1,165 @@
+"""Conv builders, stems and residual blocks of torchvision's video ResNets
+(`torchvision/models/video/resnet.py`), one Flax module each.
+
+Modules receive `conv` and `norm` partials from the top-level model (which
+binds dtype, train mode and BatchNorm settings), so blocks never see `train`.
+Submodule names mirror torchvision's structure; `convert/mapping.py` maps
+torchvision's state-dict keys onto them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+
+
+def midplanes(inplanes: int, planes: int) -> int:
+    """Width of the (2+1)D intermediate layer: keeps the parameter count of
+    the 3x3x3 conv it replaces (Tran et al. 2018)."""
+    return (inplanes * planes * 3 * 3 * 3) // (inplanes * 3 * 3 + 3 * planes)
+
+
+# --- conv builders: a conv of `features` outputs at spatial/temporal `stride`.
+
+class Conv3DSimple(nn.Module):
+    """3x3x3 conv, stride s in all three dims (r3d, mc3 layer1)."""
+    features: int
+    midplanes: int
+    stride: int
+    conv: Callable
+    norm: Callable
+
+    @staticmethod
+    def downsample_stride(stride: int):
+        return (stride, stride, stride)
+
+    @nn.compact
+    def __call__(self, x):
+        return self.conv(self.features, (3, 3, 3), (self.stride,) * 3, (1, 1, 1),
+                         name="conv")(x)
+
+
+class Conv3DNoTemporal(nn.Module):
+    """1x3x3 conv, stride (1, s, s) (mc3 layers 2-4)."""
+    features: int
+    midplanes: int
+    stride: int
+    conv: Callable
+    norm: Callable
+
+    @staticmethod
+    def downsample_stride(stride: int):
+        return (1, stride, stride)
+
+    @nn.compact
+    def __call__(self, x):
+        return self.conv(self.features, (1, 3, 3), (1, self.stride, self.stride),
+                         (0, 1, 1), name="conv")(x)
+
+
+class Conv2Plus1D(nn.Module):
+    """(2+1)D conv: 1x3x3 spatial conv to `midplanes`, BN, ReLU, then a 3x1x1
+    temporal conv with stride (s, 1, 1)."""
+    features: int
+    midplanes: int
+    stride: int
+    conv: Callable
+    norm: Callable
+
+    @staticmethod
+    def downsample_stride(stride: int):
+        return (stride, stride, stride)
+
+    @nn.compact
+    def __call__(self, x):
+        s = self.stride
+        x = self.conv(self.midplanes, (1, 3, 3), (1, s, s), (0, 1, 1), name="spatial")(x)
+        x = nn.relu(self.norm(name="spatial_bn")(x))
+        return self.conv(self.features, (3, 1, 1), (s, 1, 1), (1, 0, 0), name="temporal")(x)
+
+
+# --- stems
+
+class BasicStem(nn.Module):
+    """3x7x7 conv, stride (1, 2, 2), 64 channels, BN, ReLU; no max-pool."""
+    conv: Callable
+    norm: Callable
+
+    @nn.compact
+    def __call__(self, x):
+        x = self.conv(64, (3, 7, 7), (1, 2, 2), (1, 3, 3), name="conv")(x)
+        return nn.relu(self.norm(name="bn")(x))
+
+
+class R2Plus1dStem(nn.Module):
+    """1x7x7 conv to 45 channels, BN, ReLU, then 3x1x1 conv to 64, BN, ReLU."""
+    conv: Callable
+    norm: Callable
+
+    @nn.compact
+    def __call__(self, x):
+        x = self.conv(45, (1, 7, 7), (1, 2, 2), (0, 3, 3), name="spatial")(x)
+        x = nn.relu(self.norm(name="spatial_bn")(x))
+        x = self.conv(64, (3, 1, 1), (1, 1, 1), (1, 0, 0), name="temporal")(x)
+        return nn.relu(self.norm(name="bn")(x))
+
+
+# --- residual blocks
+
+class _Block(nn.Module):
+    planes: int
+    conv_builder: Any
+    stride: int
+    conv: Callable
+    norm: Callable
+    # torchvision computes the (2+1)D midplanes once per block from
+    # (inplanes, planes); Caffe2/VMZ (IG65M weights) computes them per conv
+    # from that conv's own input and output widths.
+    midplanes_per_conv: bool = False
+
+    expansion = 1
+
+    def _midplanes(self, block_inplanes: int, conv_inplanes: int) -> int:
+        if self.midplanes_per_conv:
+            return midplanes(conv_inplanes, self.planes)
+        return midplanes(block_inplanes, self.planes)
+
+    def _shortcut(self, x):
+        out_planes = self.planes * self.expansion
+        if self.stride == 1 and x.shape[-1] == out_planes:
+            return x
+        strides = self.conv_builder.downsample_stride(self.stride)
+        x = self.conv(out_planes, (1, 1, 1), strides, (0, 0, 0), name="downsample_conv")(x)
+        return self.norm(name="downsample_bn")(x)
+
+    def _builder(self, features, mid, stride, name):
+        return self.conv_builder(features=features, midplanes=mid, stride=stride,
+                                 conv=self.conv, norm=self.norm, name=name)
+
+
+class BasicBlock(_Block):
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x):
+        inplanes = x.shape[-1]
+        y = self._builder(self.planes, self._midplanes(inplanes, inplanes), self.stride, "conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self._builder(self.planes, self._midplanes(inplanes, self.planes), 1, "conv2")(y)
+        y = self.norm(name="bn2")(y)
+        return nn.relu(y + self._shortcut(x))
+
+
+class Bottleneck(_Block):
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x):
+        inplanes = x.shape[-1]
+        y = self.conv(self.planes, (1, 1, 1), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self._builder(self.planes, self._midplanes(inplanes, self.planes), self.stride, "conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(self.planes * self.expansion, (1, 1, 1), name="conv3")(y)
+        y = self.norm(name="bn3")(y)
+        return nn.relu(y + self._shortcut(x))

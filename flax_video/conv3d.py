@@ -1,0 +1,117 @@
+"""3D convolution with a lowering chosen per kernel shape and backend.
+
+Every lowering computes the same function as one `lax.conv_general_dilated`
+over NDHWC/DHWIO (up to float rounding); the kernel is always stored in its
+standard `(kt, kh, kw, in, out)` layout, so checkpoints and the converter never
+see which lowering ran. XLA:CPU's 2D convolutions are much faster than its 3D
+ones, so on CPU most shapes are rewritten as 2D convolutions or matmuls
+(`benchmarks/conv_lowering.py` measures each choice); on GPU cuDNN's 3D
+convolution is used as is.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Triple = tuple[int, int, int]
+
+def _conv2d(x, kernel, strides, padding, preferred):
+    return lax.conv_general_dilated(
+        x, kernel, strides, padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=preferred)
+
+
+def _accumulator_dtype(dtype):
+    # Partial sums of low-precision convs are kept in float32, as a native
+    # conv accumulates internally, and rounded once at the end.
+    return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else None
+
+
+def native(x, kernel, strides: Triple, padding: Triple):
+    return lax.conv_general_dilated(
+        x, kernel, strides, [(p, p) for p in padding],
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+
+def pointwise(x, kernel, strides: Triple, padding: Triple):
+    """1x1x1 conv: subsample, then one matmul over channels."""
+    st, sh, sw = strides
+    return jnp.einsum("nthwc,co->nthwo", x[:, ::st, ::sh, ::sw], kernel[0, 0, 0])
+
+
+def spatial2d(x, kernel, strides: Triple, padding: Triple):
+    """(1, kh, kw) conv: time folded into the batch, one 2D conv."""
+    st, sh, sw = strides
+    _, ph, pw = padding
+    x = x[:, ::st]
+    n, t, h, w, c = x.shape
+    y = _conv2d(x.reshape(n * t, h, w, c), kernel[0], (sh, sw),
+                [(ph, ph), (pw, pw)], None)
+    return y.reshape(n, t, *y.shape[1:])
+
+
+def temporal2d(x, kernel, strides: Triple, padding: Triple):
+    """(kt, 1, 1) conv: a 2D conv over (T, H*W) with a (kt, 1) kernel."""
+    st, sh, sw = strides
+    pt, _, _ = padding
+    x = x[:, :, ::sh, ::sw]
+    n, t, h, w, c = x.shape
+    y = _conv2d(x.reshape(n, t, h * w, c), kernel[:, 0], (st, 1),
+                [(pt, pt), (0, 0)], None)
+    return y.reshape(n, y.shape[1], h, w, y.shape[-1])
+
+
+def sum2d(x, kernel, strides: Triple, padding: Triple):
+    """(kt, kh, kw) conv as the sum over kt of 2D convs of shifted frames."""
+    st, sh, sw = strides
+    pt, ph, pw = padding
+    kt = kernel.shape[0]
+    x = jnp.pad(x, ((0, 0), (pt, pt), (0, 0), (0, 0), (0, 0)))
+    n, t, h, w, c = x.shape
+    t_out = (t - kt) // st + 1
+    acc_dtype = _accumulator_dtype(x.dtype)
+    out = None
+    for dt in range(kt):
+        frames = x[:, dt:dt + st * (t_out - 1) + 1:st].reshape(n * t_out, h, w, c)
+        y = _conv2d(frames, kernel[dt], (sh, sw), [(ph, ph), (pw, pw)], acc_dtype)
+        out = y if out is None else out + y
+    return out.astype(x.dtype).reshape(n, t_out, *out.shape[1:])
+
+
+LOWERINGS = {f.__name__: f for f in (native, pointwise, spatial2d, temporal2d, sum2d)}
+
+
+def applicable(name: str, kernel_shape, padding: Triple) -> bool:
+    kt, kh, kw = kernel_shape[:3]
+    pt, ph, pw = padding
+    if name == "pointwise":
+        return (kt, kh, kw) == (1, 1, 1) and padding == (0, 0, 0)
+    if name == "spatial2d":
+        return kt == 1 and pt == 0
+    if name == "temporal2d":
+        return kh == kw == 1 and ph == pw == 0
+    return name in ("native", "sum2d")
+
+
+def choose(kernel_shape, strides: Triple, padding: Triple, backend: str) -> str:
+    """The fastest lowering measured for this conv shape on `backend`."""
+    if backend != "cpu":
+        return "native"
+    for name in ("pointwise", "spatial2d", "temporal2d"):
+        if applicable(name, kernel_shape, padding):
+            return name
+    return "sum2d"
+
+
+def conv3d(x, kernel, strides: Triple, padding: Triple, lowering: str | None = None):
+    """Conv over (N, T, H, W, C) with a (kt, kh, kw, in, out) kernel and
+    PyTorch-style symmetric zero padding `(pt, ph, pw)`."""
+    strides, padding = tuple(strides), tuple(padding)
+    if lowering is None:
+        lowering = choose(kernel.shape, strides, padding, jax.default_backend())
+    if lowering not in LOWERINGS or not applicable(lowering, kernel.shape, padding):
+        raise ValueError(f"lowering {lowering!r} does not apply to kernel "
+                         f"{kernel.shape[:3]} with padding {padding}")
+    return LOWERINGS[lowering](x, kernel, strides, padding)

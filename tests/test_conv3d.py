@@ -1,0 +1,50 @@
+"""Every conv lowering computes the native 3D convolution."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_video import conv3d
+
+CASES = [  # kernel (kt, kh, kw), strides, padding, input (N, T, H, W, C)
+    ((1, 1, 1), (2, 2, 2), (0, 0, 0), (2, 5, 9, 11, 8)),
+    ((1, 1, 1), (1, 2, 2), (0, 0, 0), (2, 5, 9, 11, 8)),
+    ((1, 3, 3), (1, 2, 2), (0, 1, 1), (2, 5, 9, 11, 8)),
+    ((1, 7, 7), (1, 2, 2), (0, 3, 3), (2, 3, 17, 15, 3)),
+    ((3, 1, 1), (2, 1, 1), (1, 0, 0), (2, 5, 9, 11, 8)),
+    ((3, 1, 1), (1, 1, 1), (1, 0, 0), (2, 1, 9, 11, 8)),
+    ((3, 3, 3), (2, 2, 2), (1, 1, 1), (2, 5, 9, 11, 8)),
+    ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 4, 6, 6, 16)),
+    ((3, 7, 7), (1, 2, 2), (1, 3, 3), (2, 3, 17, 15, 3)),
+]
+
+
+@pytest.mark.parametrize("kernel_size,strides,padding,shape", CASES)
+def test_each_applicable_lowering_matches_native(kernel_size, strides, padding, shape):
+    kx, kk = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, shape)
+    kernel = jax.random.normal(kk, (*kernel_size, shape[-1], 6))
+    expected = conv3d.conv3d(x, kernel, strides, padding, "native")
+    tried = 0
+    for name in conv3d.LOWERINGS:
+        if conv3d.applicable(name, kernel.shape, padding):
+            got = jax.jit(conv3d.conv3d, static_argnums=(2, 3, 4))(x, kernel, strides, padding, name)
+            assert got.shape == expected.shape, name
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4, err_msg=name)
+            tried += 1
+    assert tried >= 2
+
+
+def test_bfloat16_sum_accumulates_in_float32():
+    x = jax.random.normal(jax.random.key(0), (1, 4, 8, 8, 32)).astype(jnp.bfloat16)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 32, 8)).astype(jnp.bfloat16)
+    got = conv3d.conv3d(x, kernel, (1, 1, 1), (1, 1, 1), "sum2d")
+    assert got.dtype == jnp.bfloat16
+    exact = conv3d.conv3d(x.astype(jnp.float32), kernel.astype(jnp.float32), (1, 1, 1), (1, 1, 1), "native")
+    np.testing.assert_allclose(got.astype(jnp.float32), exact, rtol=0.02, atol=0.1)
+
+
+def test_inapplicable_lowering_is_refused():
+    with pytest.raises(ValueError, match="temporal2d.*does not apply"):
+        conv3d.conv3d(jnp.zeros((1, 3, 4, 4, 2)), jnp.zeros((3, 3, 3, 2, 2)),
+                      (1, 1, 1), (1, 1, 1), "temporal2d")
