@@ -45,7 +45,9 @@ class BatchNorm(nn.Module):
     Flax's `nn.BatchNorm` does not. `momentum` is Flax's convention: 0.9 here
     is PyTorch's 0.1. With `axis_name`, statistics are taken over all replicas
     (SyncBatchNorm). Parameters `scale`, `bias` and statistics `mean`, `var`
-    carry the same names as in `nn.BatchNorm`.
+    carry the same names as in `nn.BatchNorm`; `num_batches_tracked` counts
+    training batches as torch's buffer does, so a torchvision state dict and
+    Flax variables map one to one.
     """
     use_running_average: bool
     momentum: float = 0.9
@@ -60,6 +62,7 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        batches = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
 
         if self.use_running_average:
             mean, var = running_mean.value, running_var.value
@@ -70,14 +73,17 @@ class BatchNorm(nn.Module):
                 unbiased = var * (count / max(count - 1, 1))
                 running_mean.value = m * running_mean.value + (1 - m) * mean
                 running_var.value = m * running_var.value + (1 - m) * unbiased
+                batches.value = batches.value + 1
 
+        # (x - mean) * mul + bias, as torch computes it: folding the mean into
+        # the bias cancels badly when |mean| >> std.
         mul = scale * lax.rsqrt(var + self.epsilon)
-        add = bias - mean * mul
-        return x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(self.dtype)
+        x = x.astype(self.dtype)
+        return (x - mean.astype(self.dtype)) * mul.astype(self.dtype) + bias.astype(self.dtype)
 
     def _batch_statistics(self, x):
         axes = tuple(range(x.ndim - 1))
-        x = x.astype(jnp.float32)
+        x = x.astype(jnp.promote_types(self.dtype, jnp.float32))
         count = math.prod(x.shape[:-1])
         mean = x.mean(axes)
         if self.axis_name is not None:

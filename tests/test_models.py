@@ -48,8 +48,8 @@ def test_parameter_and_statistic_counts_match_torchvision(name):
     with torch.device("meta"):
         reference = torch_model(name, num_classes=101)
     assert count(variables["params"]) == sum(p.numel() for p in reference.parameters())
-    running = sum(b.numel() for n, b in reference.named_buffers() if "running" in n)
-    assert count(variables["batch_stats"]) == running
+    buffers = sum(b.numel() for b in reference.buffers())  # running stats and counters
+    assert count(variables["batch_stats"]) == buffers
 
 
 def test_midplanes_follow_torchvision_and_ig65m():
@@ -117,7 +117,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
     model = create_model("r2plus1d_10", dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
     variables = jax.jit(model.init)(jax.random.key(0), x)
-    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
     state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"])[1])(variables, x)
     assert state["intermediates"]["layer4_out"][0].dtype == jnp.bfloat16
     logits = jax.jit(model.apply)(variables, x)
@@ -132,8 +132,9 @@ def test_train_mode_uses_batch_statistics_and_updates_them():
     variables = jax.jit(model.init)(jax.random.key(0), x)
     logits, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
     assert logits.shape == (2, 7)
-    stem_mean = updates["batch_stats"]["stem"]["bn"]["mean"]
-    assert not np.allclose(stem_mean, 0.0)
+    stem_bn = updates["batch_stats"]["stem"]["bn"]
+    assert not np.allclose(stem_bn["mean"], 0.0)
+    assert stem_bn["num_batches_tracked"] == 1
     assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
     eval_logits = jax.jit(model.apply)(variables, x)
     assert not np.allclose(logits, eval_logits)
