@@ -2,6 +2,8 @@
 not run proves nothing."""
 import os
 
+import flax_video  # noqa: F401  (first, so its XLA:CPU flag is set before JAX starts, as for users)
+
 
 def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
