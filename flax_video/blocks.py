@@ -21,13 +21,17 @@ def midplanes(inplanes: int, planes: int) -> int:
 
 # --- conv builders: a conv of `features` outputs at spatial/temporal `stride`.
 
-class Conv3DSimple(nn.Module):
-    """3x3x3 conv, stride s in all three dims (r3d, mc3 layer1)."""
+class _ConvBuilder(nn.Module):
     features: int
     midplanes: int
     stride: int
     conv: Callable
     norm: Callable
+    # `midplanes` is used by Conv2Plus1D only; `norm` too.
+
+
+class Conv3DSimple(_ConvBuilder):
+    """3x3x3 conv, stride s in all three dims (r3d, mc3 layer1)."""
 
     @staticmethod
     def downsample_stride(stride: int):
@@ -39,13 +43,8 @@ class Conv3DSimple(nn.Module):
                          name="conv")(x)
 
 
-class Conv3DNoTemporal(nn.Module):
+class Conv3DNoTemporal(_ConvBuilder):
     """1x3x3 conv, stride (1, s, s) (mc3 layers 2-4)."""
-    features: int
-    midplanes: int
-    stride: int
-    conv: Callable
-    norm: Callable
 
     @staticmethod
     def downsample_stride(stride: int):
@@ -57,14 +56,9 @@ class Conv3DNoTemporal(nn.Module):
                          (0, 1, 1), name="conv")(x)
 
 
-class Conv2Plus1D(nn.Module):
+class Conv2Plus1D(_ConvBuilder):
     """(2+1)D conv: 1x3x3 spatial conv to `midplanes`, BN, ReLU, then a 3x1x1
     temporal conv with stride (s, 1, 1)."""
-    features: int
-    midplanes: int
-    stride: int
-    conv: Callable
-    norm: Callable
 
     @staticmethod
     def downsample_stride(stride: int):
