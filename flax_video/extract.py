@@ -4,8 +4,8 @@
 
 `--inputs` is a directory (searched recursively for .mp4 .avi .mkv .webm .mov)
 or a text file with one video path per line. For each video, the output holds
-`DIR/features/<name>.npz`, where <name> is the video's path relative to the
-input directory (or to the list file's directory) without its suffix:
+`DIR/<name>.npz`, where <name> is the video's path relative to the input
+directory (or to the list file's directory) without its suffix:
 
     clips       (num_clips, D) float32   pooled features of each clip
     mean        (D,) float32             their average
@@ -77,8 +77,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = Path(args.output)
-    todo = [(video, out / "features" / name) for video, name in videos
-            if not (out / "features" / name).exists()]
+    todo = [(video, out / name) for video, name in videos if not (out / name).exists()]
     print(f"{len(videos)} videos, {len(videos) - len(todo)} already done, {len(todo)} to extract")
     failures = []
     if todo:

@@ -88,7 +88,7 @@ def test_extract_writes_features_skips_done_videos_and_lists_failures(setup, tmp
     assert "done: 2 extracted, 0 skipped, 1 failed" in stdout
     assert (out / "failures.tsv").read_text().startswith(str(videos / "broken.mp4"))
 
-    saved = np.load(out / "features" / "sub" / "b.npz")
+    saved = np.load(out / "sub" / "b.npz")
     assert saved["clips"].shape == (2, 512) and saved["mean"].shape == (512,)
     np.testing.assert_allclose(saved["mean"], saved["clips"].mean(axis=0), rtol=1e-6)
     clips, starts = video_clips(videos / "sub" / "b.mp4", clip_len=4, num_clips=2, fps=15)
@@ -96,12 +96,12 @@ def test_extract_writes_features_skips_done_videos_and_lists_failures(setup, tmp
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(saved["clip_starts"], starts)
 
-    before = (out / "features" / "a.npz").stat().st_mtime_ns
-    (out / "features" / "sub" / "b.npz").unlink()  # as if interrupted before b
+    before = (out / "a.npz").stat().st_mtime_ns
+    (out / "sub" / "b.npz").unlink()  # as if interrupted before b
     assert extract.main(args) == 1
     assert "3 videos, 1 already done, 2 to extract" in capsys.readouterr().out
-    assert (out / "features" / "a.npz").stat().st_mtime_ns == before
-    assert (out / "features" / "sub" / "b.npz").exists()
+    assert (out / "a.npz").stat().st_mtime_ns == before
+    assert (out / "sub" / "b.npz").exists()
     assert not list(out.rglob(".*tmp*"))
 
 
@@ -113,4 +113,4 @@ def test_extract_reads_a_list_file(setup, tmp_path, capsys):
     assert extract.main(["--weights", str(root / "r3d_10.pth"), "--inputs", str(listing),
                          "--output", str(out)] + CLIP_ARGS) == 0
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npz")) == [
-        "features/a.npz", "features/sub/b.npz"]
+        "a.npz", "sub/b.npz"]
