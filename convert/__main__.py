@@ -10,7 +10,7 @@ import sys
 
 from convert import (ConversionError, flax_to_torchvision, infer_variant, read_state_dict,
                      torchvision_to_flax, write_state_dict)
-from flax_video.pretrained import load_variables, read_model_info, save_variables
+from flax_video.pretrained import load_converted, save_variables
 from flax_video.registry import list_models
 
 
@@ -24,11 +24,11 @@ def torch2flax(args) -> str:
 
 
 def flax2torch(args) -> str:
-    info = read_model_info(args.input)
-    variant = args.variant or info["model"]
-    if variant != info["model"]:
-        raise ConversionError(f"{args.input} holds {info['model']} weights, not {variant}")
-    state_dict = flax_to_torchvision(load_variables(args.input), variant)
+    try:
+        variables, variant = load_converted(args.input, args.variant)
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
+    state_dict = flax_to_torchvision(variables, variant)
     write_state_dict(state_dict, args.output, overwrite=args.overwrite)
     return f"{args.input} -> {args.output} ({variant}, {len(state_dict)} tensors)"
 

@@ -9,27 +9,24 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flax_video.pretrained import load_variables, read_model_info
+from flax_video.pretrained import load_converted
 from flax_video.registry import create_model, list_models
 from flax_video.sampling import take_clip, uniform_clip_starts
 from flax_video.transforms import eval_transform
 from flax_video.video import read_video
-
-TORCH_WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
 def load_weights(weights: str | os.PathLike, variant: str | None = None) -> tuple[dict, str]:
     """Variables and model name from a converted directory, or from a
     torchvision `.pth`/`.pt`/`.safetensors` file converted in memory (nothing
     is written). `variant` is checked against, or inferred from, the weights."""
+    # Imported here: convert depends on flax_video, not the other way round.
+    from convert.files import WEIGHT_SUFFIXES
     path = Path(weights)
-    if path.suffix in TORCH_WEIGHT_SUFFIXES:
+    if path.suffix in WEIGHT_SUFFIXES:
         from convert import load_torchvision_weights
         return load_torchvision_weights(path, variant)
-    name = read_model_info(path)["model"]
-    if variant and variant != name:
-        raise ValueError(f"{path} holds {name} weights, not {variant}")
-    return load_variables(path), name
+    return load_converted(path, variant)
 
 
 def video_clips(path, clip_len: int, num_clips: int, fps: float) -> tuple[np.ndarray, np.ndarray]:

@@ -23,11 +23,19 @@ def read_model_info(path: str | os.PathLike) -> dict:
     return json.loads(info_path.read_text())
 
 
+def load_converted(path: str | os.PathLike, variant: str | None = None) -> tuple[dict, str]:
+    """Variables and model name of a converted directory; `variant`, when
+    given, must be the model the directory holds."""
+    name = read_model_info(path)["model"]
+    if variant and variant != name:
+        raise ValueError(f"{path} holds {name} weights, not {variant}")
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(Path(path).absolute() / VARIABLES_DIR), name
+
+
 def load_variables(path: str | os.PathLike) -> dict:
     """Variables of a converted directory, ready for `model.apply`."""
-    read_model_info(path)
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(Path(path).absolute() / VARIABLES_DIR)
+    return load_converted(path)[0]
 
 
 def save_variables(variables: dict, path: str | os.PathLike, model_name: str,
