@@ -109,25 +109,36 @@ def _torch_shape(tensor, flax_shape):
     return tuple(tensor.to_torch(np.empty(flax_shape, np.int8)).shape)
 
 
+def _leaf_name(collection: str, path: tuple[str, ...]) -> str:
+    return "/".join((collection,) + path)
+
+
+def _flat_leaves(tree) -> dict:
+    return {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def flax_to_torchvision(variables: Mapping, model_name: str) -> dict[str, np.ndarray]:
     """Flax variables to a torchvision state dict of numpy arrays, in
     torchvision's key order (`num_batches_tracked` included, int64). For
-    `torch_model.load_state_dict`, wrap the values with `torch.from_numpy`."""
-    state_dict, missing = {}, []
-    for entry in key_table(model_name):
-        for tensor in KINDS[entry.kind]:
-            node = variables.get(tensor.collection, {})
-            for name in entry.flax_path + (tensor.leaf,):
-                node = node.get(name) if isinstance(node, Mapping) else None
-            if node is None:
-                missing.append("/".join((tensor.collection,) + entry.flax_path + (tensor.leaf,)))
-                continue
-            state_dict[f"{entry.torch_prefix}.{tensor.suffix}"] = tensor.to_torch(np.asarray(node))
-    if missing:
-        raise ConversionError(_report(model_name, missing, [], []))
-    # Round-trip through the forward direction: it checks shapes and extra leaves.
-    torchvision_to_flax(state_dict, model_name)
-    return state_dict
+    `torch_model.load_state_dict`, wrap the values with `torch.from_numpy`.
+    Every variable must be one the model has, with its shape."""
+    flat = {collection: _flat_leaves(tree) for collection, tree in variables.items()}
+    head = flat.get("params", {}).get(("fc", "bias"))
+    if head is None:
+        raise ConversionError(_report(model_name, ["params/fc/bias"], [], []))
+    expected = expected_shapes(model_name, int(np.shape(head)[0]))
+    missing, unexpected, mismatched = [], [], []
+    for collection in sorted(set(expected) | set(flat)):
+        want, got = expected.get(collection, {}), flat.get(collection, {})
+        missing += [_leaf_name(collection, path) for path in want if path not in got]
+        unexpected += [_leaf_name(collection, path) for path in got if path not in want]
+        mismatched += [f"{_leaf_name(collection, path)}: got {tuple(np.shape(leaf))}, {model_name} needs {want[path]}"
+                       for path, leaf in got.items() if path in want and np.shape(leaf) != want[path]]
+    if missing or unexpected or mismatched:
+        raise ConversionError(_report(model_name, missing, unexpected, mismatched))
+    return {f"{entry.torch_prefix}.{tensor.suffix}":
+            tensor.to_torch(np.asarray(flat[tensor.collection][entry.flax_path + (tensor.leaf,)]))
+            for entry in key_table(model_name) for tensor in KINDS[entry.kind]}
 
 
 def infer_variant(state_dict: Mapping) -> str:

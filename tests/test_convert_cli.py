@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import flax_video
-from convert import ConversionError, infer_variant, read_state_dict, torchvision_to_flax
+from convert import ConversionError, flax_to_torchvision, infer_variant, read_state_dict, torchvision_to_flax
 from convert.__main__ import main
 from flax_video.registry import list_models
 from tests.torch_reference import torch_model
@@ -83,6 +83,20 @@ def test_shape_mismatch_is_reported():
     with pytest.raises(ConversionError, match=r"1 shape mismatches:\n.*layer2.0.conv1.0.weight: "
                                               r"got \(128, 64, 1, 3, 3\), r3d_10 needs \(128, 64, 3, 3, 3\)"):
         torchvision_to_flax(state_dict, "r3d_10")
+
+
+def test_flax_variables_that_do_not_fit_are_reported():
+    model = flax_video.create_model("r3d_10", num_classes=5)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 4, 32, 32, 3))))
+    variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
+    variables["params"]["layer1_0"]["bn1"]["scale"] = np.zeros(3, np.float32)
+    variables["params"]["extra"] = {"w": np.zeros(2)}
+    del variables["batch_stats"]["stem"]["bn"]["mean"]
+    with pytest.raises(ConversionError) as error:
+        flax_to_torchvision(variables, "r3d_10")
+    assert "1 missing keys:\n    batch_stats/stem/bn/mean" in str(error.value)
+    assert "1 unexpected keys:\n    params/extra/w" in str(error.value)
+    assert "params/layer1_0/bn1/scale: got (3,), r3d_10 needs (64,)" in str(error.value)
 
 
 def test_existing_output_is_kept_unless_overwrite(r3d, tmp_path, capsys):
