@@ -55,8 +55,8 @@ def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> V
             stream = container.streams.video[0]
             source_fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
             try:
-                for frame in container.decode(stream):
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                # Kept decoded; converted to RGB (the costly part) only if sampled.
+                frames.extend(container.decode(stream))
             except av.error.FFmpegError:
                 if not frames:
                     raise
@@ -64,11 +64,12 @@ def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> V
         raise VideoDecodeError(f"{name}: not a readable video ({error})") from None
     if not frames:
         raise VideoDecodeError(f"{name}: no frames could be decoded")
-    video = np.stack(frames)
     if fps is None or fps >= source_fps:
-        return Video(video, source_fps, source_fps, len(frames))
-    keep = resample_indices(len(frames), source_fps, fps)
-    return Video(video[keep], fps, source_fps, len(frames))
+        keep, fps = range(len(frames)), source_fps
+    else:
+        keep = resample_indices(len(frames), source_fps, fps)
+    rgb = np.stack([frames[i].to_ndarray(format="rgb24") for i in keep])
+    return Video(rgb, fps, source_fps, len(frames))
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30, codec: str = "libx264") -> None:
