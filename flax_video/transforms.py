@@ -48,16 +48,22 @@ def center_crop_box(height: int, width: int, size: int = CROP) -> tuple[int, int
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
+def _resize_as_uint8(clip: np.ndarray, resize) -> np.ndarray:
+    """The eval preset resizes uint8 frames, so values are rounded back to
+    0..255 (kept as float32)."""
+    return np.round(resize_bilinear(clip, resize)).clip(0, 255)
+
+
 def eval_transform(clip: np.ndarray, resize=RESIZE, crop: int = CROP) -> np.ndarray:
     """uint8 (T, H, W, 3) -> normalized float32 (T, crop, crop, 3)."""
-    resized = np.round(resize_bilinear(clip, resize)).clip(0, 255)
+    resized = _resize_as_uint8(clip, resize)
     top, left = center_crop_box(*resized.shape[1:3], crop)
     return normalize(resized[:, top:top + crop, left:left + crop] / np.float32(255))
 
 
 def three_crop_eval_transform(clip: np.ndarray, resize=RESIZE, crop: int = CROP) -> np.ndarray:
     """Left, center and right crops along the long side: (3, T, crop, crop, 3)."""
-    resized = normalize(np.round(resize_bilinear(clip, resize)).clip(0, 255) / np.float32(255))
+    resized = normalize(_resize_as_uint8(clip, resize) / np.float32(255))
     height, width = resized.shape[1:3]
     top, center = center_crop_box(height, width, crop)
     if height > width:  # portrait: crops along the height
