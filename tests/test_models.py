@@ -118,6 +118,9 @@ def test_bfloat16_compute_keeps_float32_parameters():
     x = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
     variables = jax.jit(model.init)(jax.random.key(0), x)
     assert {leaf.dtype for leaf in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
+    # Running statistics stay float32 too; only the batch counters are int32.
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables["batch_stats"])} == {
+        jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
     state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"])[1])(variables, x)
     assert state["intermediates"]["layer4_out"][0].dtype == jnp.bfloat16
     logits = jax.jit(model.apply)(variables, x)
