@@ -1,6 +1,7 @@
 """Decoding videos to RGB frames with PyAV, resampled to a target frame rate."""
 from __future__ import annotations
 
+import fractions
 import io
 import math
 import os
@@ -8,9 +9,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flax_video.sampling import take_clip
+
 
 class VideoDecodeError(ValueError):
     """The file is missing, empty, not a video, or broken before any frame."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    num_frames: int
+    height: int
+    width: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
 
 
 @dataclass(frozen=True)
@@ -29,13 +44,8 @@ def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> n
     return np.floor(np.arange(count) * step).astype(np.int64)
 
 
-def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> Video:
-    """All frames of the first video stream, resampled to `fps` (None: as is).
-
-    Raises `VideoDecodeError` for missing, empty, unreadable or frameless
-    input; a file truncated after some frames yields the frames before the
-    damage.
-    """
+def _open(source: str | os.PathLike | bytes):
+    """An open PyAV container and the name to report, or VideoDecodeError."""
     import av
 
     name = "<bytes>" if isinstance(source, bytes) else str(source)
@@ -47,21 +57,105 @@ def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> V
         raise VideoDecodeError(f"{name}: no such file")
     elif os.path.getsize(source) == 0:
         raise VideoDecodeError(f"{name}: empty file")
-    frames = []
     try:
-        with av.open(source) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(f"{name}: no video stream")
-            stream = container.streams.video[0]
-            source_fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
-            try:
-                # Kept decoded; converted to RGB (the costly part) only if sampled.
-                frames.extend(container.decode(stream))
-            except av.error.FFmpegError:
-                if not frames:
-                    raise
+        container = av.open(source)
     except av.error.FFmpegError as error:
         raise VideoDecodeError(f"{name}: not a readable video ({error})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(f"{name}: no video stream")
+    return container, name
+
+
+def _fps(stream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+
+
+def probe_video(source: str | os.PathLike | bytes) -> VideoInfo:
+    """Frame rate, frame count and size, by demuxing (not decoding) the
+    stream and decoding only its first frame. Raises VideoDecodeError when no
+    frame decodes or the stream breaks off (a truncated file)."""
+    import av
+
+    container, name = _open(source)
+    with container:
+        stream = container.streams.video[0]
+        count, first = 0, None
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the flush packet at the end
+                    continue
+                count += 1
+                if first is None:
+                    first = next(iter(packet.decode()), None)
+        except av.error.FFmpegError as error:
+            raise VideoDecodeError(f"{name}: broken after {count} packets ({error})") from None
+        if first is None or count == 0:
+            raise VideoDecodeError(f"{name}: no frames could be decoded")
+        return VideoInfo(_fps(stream), count, first.height, first.width)
+
+
+def read_clip(source: str | os.PathLike | bytes, info: VideoInfo, start: int, clip_len: int,
+              fps: float | None = None) -> np.ndarray:
+    """Frames `start .. start + clip_len - 1` of the video resampled to `fps`
+    (looped when the video is shorter), decoding only from the keyframe
+    before the clip: uint8 (clip_len, H, W, 3).
+
+    Equal to `take_clip(read_video(source, fps).frames, start, clip_len)`
+    for a constant-frame-rate video whose `info` came from `probe_video`;
+    falls back to exactly that when the stream does not match `info`.
+    """
+    import av
+
+    if fps is None or fps >= info.fps:
+        kept = np.arange(info.num_frames)
+    else:
+        kept = resample_indices(info.num_frames, info.fps, fps)
+    needed = kept[(start + np.arange(clip_len)) % len(kept)]
+    first, last = int(needed.min()), int(needed.max())
+    frames = {}
+    container, name = _open(source)
+    with container:
+        stream = container.streams.video[0]
+        origin = stream.start_time or 0
+        try:
+            if first > 0:
+                container.seek(origin + int(first / info.fps / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                index = round(float((frame.pts - origin) * stream.time_base) * info.fps)
+                if index in frames or index < first:
+                    continue
+                if index > last:
+                    break
+                frames[index] = frame
+        except av.error.FFmpegError:
+            pass  # judged below by what was decoded
+    if not all(int(i) in frames for i in needed):
+        video = read_video(source, fps)
+        return take_clip(video.frames, start, clip_len)
+    return np.stack([frames[int(i)].to_ndarray(format="rgb24") for i in needed])
+
+
+def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> Video:
+    """All frames of the first video stream, resampled to `fps` (None: as is).
+
+    Raises `VideoDecodeError` for missing, empty, unreadable or frameless
+    input; a file truncated after some frames yields the frames before the
+    damage.
+    """
+    import av
+
+    container, name = _open(source)
+    frames = []
+    with container:
+        stream = container.streams.video[0]
+        source_fps = _fps(stream)
+        try:
+            # Kept decoded; converted to RGB (the costly part) only if sampled.
+            frames.extend(container.decode(stream))
+        except av.error.FFmpegError as error:
+            if not frames:
+                raise VideoDecodeError(f"{name}: not a readable video ({error})") from None
     if not frames:
         raise VideoDecodeError(f"{name}: no frames could be decoded")
     if fps is None or fps >= source_fps:
@@ -72,16 +166,26 @@ def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> V
     return Video(rgb, fps, source_fps, len(frames))
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30, codec: str = "libx264") -> None:
-    """Encode (T, H, W, 3) uint8 frames (even H and W for libx264)."""
+def encode_video(frames: np.ndarray, fps: float, keyframe_interval: int = 15) -> bytes:
+    """(T, H, W, 3) uint8 frames (even H and W) as H.264 in MP4. A short
+    keyframe interval keeps seeking to a clip cheap."""
     import av
 
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
+        stream.options = {"g": str(keyframe_interval), "preset": "veryfast", "crf": "20"}
         for image in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return buffer.getvalue()
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30) -> None:
+    """Encode (T, H, W, 3) uint8 frames (even H and W) to an H.264 MP4 file."""
+    with open(path, "wb") as file:
+        file.write(encode_video(frames, fps))
