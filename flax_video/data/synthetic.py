@@ -20,7 +20,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     """Static clutter: a noisy base colour with a few dozen random blocks."""
     image = np.empty((height, width, 3), np.float32)
     image[:] = rng.uniform(40, 200, size=3)
-    for _ in range(rng.integers(20, 40)):
+    for _ in range(rng.integers(10, 20)):
         h, w = rng.integers(2, max(3, height // 5), size=2)
         y, x = rng.integers(0, height - h), rng.integers(0, width - w)
         image[y:y + h, x:x + w] = rng.uniform(0, 255, size=3)
@@ -56,11 +56,11 @@ def render(label: int, num_frames: int, height: int, width: int, rng: np.random.
     color = rng.uniform(0, 255, size=3)
     center = rng.uniform(0, 1, size=2) * (height, width)
     angle = rng.uniform(0, 2 * np.pi)
-    speed = rng.uniform(0.05, 0.09) * size  # pixels per frame
+    speed = rng.uniform(0.03, 0.05) * size  # pixels per frame
     direction = rng.choice([-1.0, 1.0])
     velocity = {"rising": (-speed, 0.0), "falling": (speed, 0.0),
                 "sliding": (0.0, direction * speed)}.get(name, (0.0, 0.0))
-    spin = direction * rng.uniform(0.2, 0.35) if name == "spinning" else 0.0
+    spin = direction * rng.uniform(0.15, 0.25) if name == "spinning" else 0.0
     video = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
         position = (center[0] + t * velocity[0], center[1] + t * velocity[1])

@@ -1,0 +1,179 @@
+"""`train_and_evaluate(config, workdir)`: the training loop around the
+pmapped steps, with evaluation, checkpoints and metrics."""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import jax_utils
+from tqdm import tqdm
+
+import flax_video
+from flax_video.data import loader
+from train import checkpoints, data, metrics, optim, steps
+from train.config import Config
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def create_model(config: Config, num_classes: int):
+    return flax_video.create_model(config.variant, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
+                                   bn_axis_name=steps.AXIS if config.sync_bn else None)
+
+
+def initial_variables(config: Config, model, num_classes: int):
+    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, config.clip_len, config.crop, config.crop, 3)),
+                           train=False)
+    variables = jax.tree_util.tree_map(np.asarray, variables)
+    if config.init_from:
+        variables = _fine_tune_start(config, variables, num_classes)
+    return variables
+
+
+def _fine_tune_start(config: Config, fresh, num_classes: int):
+    """Pretrained weights with the head re-initialized when its size differs."""
+    from flax_video.inference import load_weights
+
+    pretrained, _ = load_weights(config.init_from, config.variant)
+    pretrained = {k: dict(v) for k, v in pretrained.items()}
+    head = pretrained["params"].get("fc")
+    if head is not None and head["kernel"].shape[-1] != num_classes:
+        print(f"re-initializing the classifier for {num_classes} classes (pretrained: {head['kernel'].shape[-1]})")
+        pretrained["params"]["fc"] = fresh["params"]["fc"]
+    return pretrained
+
+
+def evaluate(pstate, eval_step, batches, total: int | None, show: bool, desc: str = "eval") -> dict:
+    """Clip and video accuracy over `batches` (summed over processes)."""
+    accuracy = metrics.Accuracy()
+    bad = 0
+    for batch in tqdm(batches, total=total, desc=desc, disable=not show, leave=False):
+        scores = np.asarray(eval_step(pstate, {"clip": batch["clip"]}))
+        flat = lambda x: x.reshape(-1, *x.shape[2:])
+        accuracy.add(flat(scores), flat(batch["label"]), flat(batch["video"]), flat(batch["mask"]))
+        bad += int(batch["bad"].sum())
+    sums = np.append(accuracy.sums(), bad)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        sums = np.asarray(multihost_utils.process_allgather(sums)).sum(0)
+    result = metrics.summarize(sums[:6])
+    result["bad_clips"] = int(sums[6])
+    return result
+
+
+def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lead = jax.process_index() == 0
+    devices = jax.local_device_count()
+    sharding = loader.Sharding(jax.process_index(), jax.process_count(), devices)
+    sources = data.sources(config, workdir)
+    num_classes = config.num_classes or sources.num_classes
+    global_batch = config.per_device_batch * jax.device_count()
+    per_epoch = loader.steps_per_epoch(len(sources.train), data.train_spec(config), global_batch)
+    if per_epoch == 0:
+        raise ValueError(f"{len(sources.train)} training videos cannot fill one global batch of {global_batch} clips")
+    total_steps = config.epochs * per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    base_lr = config.lr * jax.device_count()  # linear scaling, as torchvision's recipe
+    schedule = optim.learning_rate_fn(base_lr, per_epoch, config.warmup_epochs, config.warmup_factor,
+                                      config.milestones, config.gamma)
+    model = create_model(config, num_classes)
+    variables = initial_variables(config, model, num_classes)
+    tx = optim.sgd(schedule, config.momentum, config.weight_decay,
+                   optim.decay_mask(variables["params"], config.decay_bn_and_bias))
+    state = steps.create_state(variables, tx)
+
+    mngr = checkpoints.manager(workdir, config.keep_checkpoints)
+    restored = checkpoints.restore(mngr, state)
+    data_state = None
+    if restored is not None:
+        state, data_state, _ = restored
+        print(f"resuming from step {int(state.step)} in {workdir}")
+    start = int(state.step)
+
+    train_iter = iter(loader.train_loader(sources.train, data.train_spec(config), per_device_batch=config.per_device_batch,
+                                          epochs=config.epochs, seed=config.seed, sharding=sharding, workers=config.workers))
+    if data_state is not None:
+        train_iter.set_state(data_state)
+    p_train = jax.pmap(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule),
+                       axis_name=steps.AXIS, donate_argnums=0)
+    p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
+    p_sync = jax.pmap(steps.sync_batch_stats, axis_name=steps.AXIS)
+    pstate = jax_utils.replicate(state)
+    writer = metrics.Writer(workdir, enabled=lead)
+
+    def save(step):
+        nonlocal pstate
+        pstate = p_sync(pstate)
+        checkpoints.save(mngr, step, jax_utils.unreplicate(pstate), train_iter.get_state(), config.to_json())
+
+    def run_eval(step):
+        nonlocal pstate
+        pstate = p_sync(pstate)
+        spec = data.eval_spec(config)
+        batches = loader.eval_loader(sources.validation, spec, per_device_batch=config.per_device_batch,
+                                     sharding=sharding, workers=config.workers)
+        count = math.ceil(len(loader.eval_items(len(sources.validation), spec, config.per_device_batch * devices, sharding))
+                          / (config.per_device_batch * devices))
+        result = evaluate(pstate, p_eval, batches, count, lead)
+        writer.write("eval", step, result)
+        writer.plot()
+        return result
+
+    last_eval, window, bad_total = {}, [], 0
+    bar = tqdm(total=total_steps, initial=start, desc="train", disable=not lead, dynamic_ncols=True)
+    tick = time.perf_counter()
+    try:
+        for step in range(start, total_steps):
+            batch = next(train_iter)
+            pstate, m = p_train(pstate, batch)
+            m = jax.tree_util.tree_map(lambda x: float(np.asarray(x)[0]), m)
+            if not math.isfinite(m["loss"]):
+                raise NonFiniteLoss(f"non-finite loss ({m['loss']}) at step {step + 1}; stopping. The last good "
+                                    f"checkpoint (step {mngr.latest_step()}) in {workdir} is kept.")
+            bad_total += int(m["bad"])
+            window.append(m)
+            now = time.perf_counter()
+            clips_per_s = global_batch / max(now - tick, 1e-9)
+            tick = now
+            bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", clips_s=f"{clips_per_s:.1f}", refresh=False)
+            bar.update(1)
+            done = step + 1
+            if done % config.log_every == 0 or done == total_steps:
+                count = sum(w["count"] for w in window)
+                writer.write("train", done, {"epoch": done / per_epoch, "loss": np.mean([w["loss"] for w in window]),
+                                             "train_acc1": sum(w["correct"] for w in window) / max(count, 1),
+                                             "lr": m["lr"], "clips_per_s": clips_per_s, "grad_norm": m["grad_norm"],
+                                             "param_norm": m["param_norm"], "bad_clips": bad_total})
+                window = []
+            epoch_end = done % per_epoch == 0
+            if epoch_end and ((done // per_epoch) % config.eval_every_epochs == 0) and done != total_steps:
+                last_eval = run_eval(done)
+                bar.write(f"epoch {done // per_epoch}: " + _format(last_eval))
+            if done % config.checkpoint_every == 0 or epoch_end or done == total_steps:
+                save(done)
+        if start < total_steps or not last_eval:
+            last_eval = run_eval(total_steps)
+    finally:
+        bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+    summary = {"steps": total_steps, "epochs": total_steps / per_epoch, **last_eval, "bad_training_clips": bad_total}
+    if lead:
+        print("done: " + _format(summary))
+    return {"state": jax_utils.unreplicate(pstate), **summary}
+
+
+def _format(values: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())

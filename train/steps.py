@@ -1,0 +1,74 @@
+"""Pure per-device steps, wrapped with `jax.pmap` by the loop.
+
+Losses and gradients are sums over unmasked clips divided by the global
+count, psum'ed across devices: the mean over every valid clip of the global
+batch, as torch DDP's averaged per-device means are when all clips are valid.
+Metrics are (sum, count) pairs so averages stay right with masked clips.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+AXIS = "batch"
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def create_state(variables, tx: optax.GradientTransformation) -> TrainState:
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+                      opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch, *, model, tx: optax.GradientTransformation,
+               schedule: Callable) -> tuple[TrainState, dict]:
+    mask = batch["mask"]
+    count = lax.psum(mask.sum(), AXIS)
+
+    def loss_fn(params):
+        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["clip"],
+                                      train=True, mutable=["batch_stats"])
+        logits = logits.astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        return (losses * mask).sum() / jnp.maximum(count, 1), (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.psum(grads, AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = (jnp.argmax(logits, -1) == batch["label"]) * mask
+    metrics = {"loss": lax.psum(loss, AXIS), "correct": lax.psum(correct.sum(), AXIS), "count": count,
+               "bad": lax.psum(batch["bad"].sum(), AXIS), "lr": schedule(state.step),
+               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch, *, model):
+    """Softmax scores of each clip (three crops averaged), for host-side
+    clip and video accuracy."""
+    clips = batch["clip"]
+    crops = clips.shape[1] if clips.ndim == 7 else 1
+    clips = clips.reshape(-1, *clips.shape[-4:])
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, clips, train=False)
+    scores = jax.nn.softmax(logits.astype(jnp.float32), -1)
+    return scores.reshape(-1, crops, scores.shape[-1]).mean(1)
+
+
+def sync_batch_stats(state: TrainState) -> TrainState:
+    """Average the running statistics across replicas (integer counters are
+    equal on every replica)."""
+    mean = lambda x: lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return state.replace(batch_stats=jax.tree_util.tree_map(mean, state.batch_stats))
