@@ -159,3 +159,37 @@ def test_sync_bn_step_on_four_devices_equals_one_device_with_the_whole_batch():
     env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
     result = subprocess.run([sys.executable, "-c", SYNC_BN], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0 and "same" in result.stdout, result.stderr[-3000:]
+
+
+def test_evaluate_a_workdir(finished):
+    base, train_result = finished
+    result = subprocess.run([sys.executable, "-m", "train.evaluate", "--workdir", str(base / "whole")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("step 10: clip_acc1")
+    # The same numbers as the evaluation at the end of training.
+    final = train_result.stdout.strip().splitlines()[-1]
+    for key in ("clip_acc1", "video_acc1", "video_acc5"):
+        assert line.split(f"{key} ")[1].split(",")[0] == final.split(f"{key} ")[1].split(",")[0]
+
+
+def test_fine_tune_from_a_torchvision_file_reinitializes_the_head(finished, tmp_path):
+    import torch
+
+    from tests.torch_reference import torch_model
+
+    base, _ = finished
+    torch.manual_seed(0)
+    net = torch_model("mc3_18", num_classes=400)
+    torch.save(net.state_dict(), tmp_path / "mc3_18.pth")
+    work = tmp_path / "fine"
+    result = _run([*TINY, "--init-from", str(tmp_path / "mc3_18.pth"), "--max-steps", "1", "--lr", "0",
+                   "--weight-decay", "0", "--tfds-dir", str(base / "tfds"), "--workdir", str(work)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "re-initializing the classifier for 5 classes (pretrained: 400)" in result.stdout
+    _, state = _params(work)
+    # lr 0: the backbone is exactly the pretrained one; the head has 5 outputs.
+    np.testing.assert_array_equal(state["params"]["stem"]["conv"]["kernel"],
+                                  net.stem[0].weight.detach().numpy().transpose(2, 3, 4, 1, 0))
+    assert state["params"]["fc"]["kernel"].shape == (512, 5)

@@ -28,6 +28,10 @@ def create_model(config: Config, num_classes: int):
                                    bn_axis_name=steps.AXIS if config.sync_bn else None)
 
 
+def create_optimizer(config: Config, params, schedule):
+    return optim.sgd(schedule, config.momentum, config.weight_decay, optim.decay_mask(params, config.decay_bn_and_bias))
+
+
 def initial_variables(config: Config, model, num_classes: int):
     variables = model.init(jax.random.key(config.seed), jnp.zeros((1, config.clip_len, config.crop, config.crop, 3)),
                            train=False)
@@ -89,8 +93,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
                                       config.milestones, config.gamma)
     model = create_model(config, num_classes)
     variables = initial_variables(config, model, num_classes)
-    tx = optim.sgd(schedule, config.momentum, config.weight_decay,
-                   optim.decay_mask(variables["params"], config.decay_bn_and_bias))
+    tx = create_optimizer(config, variables["params"], schedule)
     state = steps.create_state(variables, tx)
 
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)

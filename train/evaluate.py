@@ -1,0 +1,57 @@
+"""python -m train.evaluate --workdir DIR [--checkpoint STEP]: clip and video
+accuracy (acc@1/@5) of a checkpoint on the validation split, with the config
+it was trained with."""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+
+import flax_video  # noqa: F401  (XLA:CPU flags before JAX starts)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
+    parser.add_argument("--workdir", required=True, help="a training workdir")
+    parser.add_argument("--checkpoint", type=int, help="step to evaluate (default: the latest)")
+    parser.add_argument("--three-crop", action="store_true", help="average left, center and right crops")
+    args = parser.parse_args(argv)
+
+    import jax
+    from flax import jax_utils
+
+    from flax_video.data import loader
+    from train import checkpoints, data, steps
+    from train.config import Config
+    from train.loop import create_model, create_optimizer, evaluate, initial_variables
+
+    mngr = checkpoints.manager(args.workdir, keep=1_000_000)
+    step = args.checkpoint or mngr.latest_step()
+    if step is None or step not in mngr.all_steps():
+        print(f"error: no checkpoint {step if args.checkpoint else ''} in {args.workdir}/checkpoints", file=sys.stderr)
+        return 2
+    config = Config.from_json(json.dumps(mngr.restore(step, args=checkpoints.ocp.args.Composite(
+        config=checkpoints.ocp.args.JsonRestore()))["config"]))
+    config.three_crop = config.three_crop or args.three_crop
+    sources = data.sources(config, args.workdir)
+    num_classes = config.num_classes or sources.num_classes
+    model = create_model(config, num_classes)
+    variables = initial_variables(config.__class__(**{**config.__dict__, "init_from": None}), model, num_classes)
+    tx = create_optimizer(config, variables["params"], lambda step: 0.0)  # only its state's structure matters
+    state, _, _ = checkpoints.restore(mngr, steps.create_state(variables, tx), step)
+    devices = jax.local_device_count()
+    sharding = loader.Sharding(jax.process_index(), jax.process_count(), devices)
+    spec = data.eval_spec(config)
+    batches = loader.eval_loader(sources.validation, spec, per_device_batch=config.per_device_batch,
+                                 sharding=sharding, workers=config.workers)
+    local_batch = config.per_device_batch * devices
+    total = len(loader.eval_items(len(sources.validation), spec, local_batch, sharding)) // local_batch
+    p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
+    result = evaluate(jax_utils.replicate(state), p_eval, batches, total, True)
+    print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
