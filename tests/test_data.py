@@ -282,3 +282,13 @@ def test_three_crop_eval_gives_three_crops_per_clip():
     spec = loader.ClipSpec(clip_len=4, clips_per_video=1, resize=(20, 30), crop=16, three_crop=True)
     batch = next(iter(loader.eval_loader(_records(count=2), spec, per_device_batch=2)))
     assert batch["clip"].shape == (1, 2, 3, 4, 16, 16, 3)
+
+
+def test_built_dataset_feeds_worker_processes(motion_builder):
+    # The data source is pickled into grain's workers.
+    source = motion_builder.as_data_source("train")
+    spec = loader.ClipSpec(clip_len=4, clips_per_video=1, resize=(20, 20), crop=16)
+    make = lambda workers: next(iter(loader.train_loader(source, spec, per_device_batch=4, epochs=1, seed=0, workers=workers)))
+    inline, spawned = make(0), make(1)
+    for key in inline:
+        np.testing.assert_array_equal(inline[key], spawned[key])

@@ -30,7 +30,9 @@ def builder(dataset: str, data_dir: str | os.PathLike, *, manual_dir: str | None
 
 
 def prepare(dataset: str, data_dir: str | os.PathLike, *, manual_dir: str | None = None, **kwargs):
-    """Build `dataset` unless a complete build is already there; return its builder."""
+    """Build `dataset` unless a complete build is already there; return a
+    read-only builder of the built files (picklable, so its data sources can
+    go to grain's worker processes)."""
     import tensorflow_datasets as tfds
 
     if dataset == "kinetics400" and manual_dir is not None and not Path(manual_dir).is_dir():
@@ -38,4 +40,4 @@ def prepare(dataset: str, data_dir: str | os.PathLike, *, manual_dir: str | None
     result = builder(dataset, data_dir, manual_dir=manual_dir, **kwargs)
     if not result.is_prepared():
         result.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return result
+    return tfds.builder_from_directory(result.data_dir)
