@@ -44,6 +44,14 @@ def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> n
     return np.floor(np.arange(count) * step).astype(np.int64)
 
 
+def kept_frames(num_frames: int, source_fps: float, fps: float | None) -> np.ndarray:
+    """Source frames kept at `fps`: all of them when `fps` is None or not
+    below the source rate (frames are never repeated), else `resample_indices`."""
+    if fps is None or fps >= source_fps:
+        return np.arange(num_frames)
+    return resample_indices(num_frames, source_fps, fps)
+
+
 def _open(source: str | os.PathLike | bytes):
     """An open PyAV container and the name to report, or VideoDecodeError."""
     import av
@@ -107,10 +115,7 @@ def read_clip(source: str | os.PathLike | bytes, info: VideoInfo, start: int, cl
     """
     import av
 
-    if fps is None or fps >= info.fps:
-        kept = np.arange(info.num_frames)
-    else:
-        kept = resample_indices(info.num_frames, info.fps, fps)
+    kept = kept_frames(info.num_frames, info.fps, fps)
     needed = kept[(start + np.arange(clip_len)) % len(kept)]
     first, last = int(needed.min()), int(needed.max())
     frames = {}
@@ -158,10 +163,9 @@ def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> V
                 raise VideoDecodeError(f"{name}: not a readable video ({error})") from None
     if not frames:
         raise VideoDecodeError(f"{name}: no frames could be decoded")
+    keep = kept_frames(len(frames), source_fps, fps)
     if fps is None or fps >= source_fps:
-        keep, fps = range(len(frames)), source_fps
-    else:
-        keep = resample_indices(len(frames), source_fps, fps)
+        fps = source_fps
     rgb = np.stack([frames[i].to_ndarray(format="rgb24") for i in keep])
     return Video(rgb, fps, source_fps, len(frames))
 

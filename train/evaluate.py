@@ -4,6 +4,7 @@ it was trained with."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     from flax_video.data import loader
     from train import checkpoints, data, steps
     from train.config import Config
-    from train.loop import create_model, create_optimizer, evaluate, initial_variables
+    from train.loop import create_model, create_optimizer, evaluate, format_metrics, initial_variables
 
     mngr = checkpoints.manager(args.workdir, keep=1_000_000)
     step = args.checkpoint or mngr.latest_step()
@@ -37,19 +38,14 @@ def main(argv=None) -> int:
     sources = data.sources(config, args.workdir)
     num_classes = config.num_classes or sources.num_classes
     model = create_model(config, num_classes)
-    variables = initial_variables(config.__class__(**{**config.__dict__, "init_from": None}), model, num_classes)
+    # Fresh variables give the structure; the checkpoint gives the values.
+    variables = initial_variables(dataclasses.replace(config, init_from=None), model, num_classes)
     tx = create_optimizer(config, variables["params"], lambda step: 0.0)  # only its state's structure matters
     state, _, _ = checkpoints.restore(mngr, steps.create_state(variables, tx), step)
-    devices = jax.local_device_count()
-    sharding = loader.Sharding(jax.process_index(), jax.process_count(), devices)
-    spec = data.eval_spec(config)
-    batches = loader.eval_loader(sources.validation, spec, per_device_batch=config.per_device_batch,
-                                 sharding=sharding, workers=config.workers)
-    local_batch = config.per_device_batch * devices
-    total = len(loader.eval_items(len(sources.validation), spec, local_batch, sharding)) // local_batch
+    sharding = loader.Sharding(jax.process_index(), jax.process_count(), jax.local_device_count())
     p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
-    result = evaluate(jax_utils.replicate(state), p_eval, batches, total, True)
-    print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    result = evaluate(jax_utils.replicate(state), p_eval, config, sources.validation, sharding, True)
+    print(f"step {step}: " + format_metrics(result))
     return 0
 
 

@@ -54,11 +54,16 @@ def _fine_tune_start(config: Config, fresh, num_classes: int):
     return pretrained
 
 
-def evaluate(pstate, eval_step, batches, total: int | None, show: bool, desc: str = "eval") -> dict:
-    """Clip and video accuracy over `batches` (summed over processes)."""
+def evaluate(pstate, eval_step, config: Config, validation, sharding: loader.Sharding, show: bool) -> dict:
+    """Clip and video accuracy on `validation` (summed over processes)."""
+    spec = data.eval_spec(config)
+    local_batch = config.per_device_batch * sharding.local_devices
+    batches = loader.eval_loader(validation, spec, per_device_batch=config.per_device_batch, sharding=sharding,
+                                 workers=config.workers)
+    total = len(loader.eval_items(len(validation), spec, local_batch, sharding)) // local_batch
     accuracy = metrics.Accuracy()
     bad = 0
-    for batch in tqdm(batches, total=total, desc=desc, disable=not show, leave=False):
+    for batch in tqdm(batches, total=total, desc="eval", disable=not show, leave=False):
         scores = np.asarray(eval_step(pstate, {"clip": batch["clip"]}))
         flat = lambda x: x.reshape(-1, *x.shape[2:])
         accuracy.add(flat(scores), flat(batch["label"]), flat(batch["video"]), flat(batch["mask"]))
@@ -123,12 +128,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     def run_eval(step):
         nonlocal pstate
         pstate = p_sync(pstate)
-        spec = data.eval_spec(config)
-        batches = loader.eval_loader(sources.validation, spec, per_device_batch=config.per_device_batch,
-                                     sharding=sharding, workers=config.workers)
-        count = math.ceil(len(loader.eval_items(len(sources.validation), spec, config.per_device_batch * devices, sharding))
-                          / (config.per_device_batch * devices))
-        result = evaluate(pstate, p_eval, batches, count, lead)
+        result = evaluate(pstate, p_eval, config, sources.validation, sharding, lead)
         writer.write("eval", step, result)
         writer.plot()
         return result
@@ -162,7 +162,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
             epoch_end = done % per_epoch == 0
             if epoch_end and ((done // per_epoch) % config.eval_every_epochs == 0) and done != total_steps:
                 last_eval = run_eval(done)
-                bar.write(f"epoch {done // per_epoch}: " + _format(last_eval))
+                bar.write(f"epoch {done // per_epoch}: " + format_metrics(last_eval))
             if done % config.checkpoint_every == 0 or epoch_end or done == total_steps:
                 save(done)
         if start < total_steps or not last_eval:
@@ -174,9 +174,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
         writer.close()
     summary = {"steps": total_steps, "epochs": total_steps / per_epoch, **last_eval, "bad_training_clips": bad_total}
     if lead:
-        print("done: " + _format(summary))
+        print("done: " + format_metrics(summary))
     return {"state": jax_utils.unreplicate(pstate), **summary}
 
 
-def _format(values: dict) -> str:
+def format_metrics(values: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())

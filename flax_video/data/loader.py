@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flax_video import sampling, transforms
-from flax_video.video import VideoDecodeError, VideoInfo, read_clip, resample_indices
+from flax_video.video import VideoDecodeError, VideoInfo, kept_frames, read_clip
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ class ClipSpec:
 
 
 def frames_at_fps(info: VideoInfo, fps: float) -> int:
-    if fps >= info.fps:
-        return info.num_frames
-    return len(resample_indices(info.num_frames, info.fps, fps))
+    return len(kept_frames(info.num_frames, info.fps, fps))
 
 
 def _info(record) -> VideoInfo:
