@@ -1,5 +1,6 @@
 """The optax schedule and SGD update against torch's."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -70,3 +71,37 @@ def _ten_steps():
                  "bad": np.zeros((1, 4), np.int32)}
         state, metrics = step(state, batch)
         assert float(metrics["loss"][0]) == pytest.approx(loss.item(), rel=1e-3), i
+
+
+def test_bfloat16_computes_convolutions_in_bf16_keeps_float32_state_and_learns():
+    import functools
+    import re
+
+    from train import loop
+    from train.config import Config
+
+    rng = np.random.default_rng(0)
+    batch = {"clip": rng.normal(size=(1, 8, 4, 16, 16, 3)).astype(np.float32),
+             "label": rng.integers(0, 5, (1, 8)).astype(np.int32), "mask": np.ones((1, 8), np.float32),
+             "bad": np.zeros((1, 8), np.int32)}
+    for dtype in ("float32", "bfloat16"):
+        config = Config(variant="r2plus1d_18", dtype=dtype, clip_len=4, crop=16)
+        model = loop.create_model(config, 5)
+        variables = loop.initial_variables(config, model, 5)
+        schedule = optim.learning_rate_fn(0.01, 10, 0, 1.0, (), 0.1)
+        tx = loop.create_optimizer(config, variables["params"], schedule)
+        state = jax.tree_util.tree_map(lambda x: x[None], steps.create_state(variables, tx))
+        step = jax.jit(jax.vmap(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule),
+                                axis_name=steps.AXIS))
+        # Forward and backward: every convolution's operands are in `dtype`.
+        convolutions = re.findall(r"stablehlo.convolution.*", step.lower(state, batch).as_text())
+        operand_types = {t for c in convolutions for t in re.findall(r"tensor<[0-9x]+x(\w+)>", c.rsplit("->", 1)[0])}
+        assert len(convolutions) > 3 * 20 and operand_types == {"bf16" if dtype == "bfloat16" else "f32"}
+        losses = []
+        for _ in range(8):  # fit one fixed batch
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"][0]))
+        leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state))
+        assert {leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)} == {np.dtype(np.float32)}
+        # Both fit the batch (measured: 1.44 -> 0.02 in float32, 1.43 -> 0.017 in bfloat16).
+        assert losses[-1] < 0.1 * losses[0], losses

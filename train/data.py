@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
+
 import flax_video.data
 from flax_video.data import loader
 from train.config import Config
@@ -49,7 +51,20 @@ def sources(config: Config, workdir: Path) -> Sources:
     options = {"short_side": config.short_side} if config.dataset != "motion_shapes" else dict(config.motion_shapes)
     if config.dataset == "folder":
         options["dataset_name"] = Path(config.data_dir).name
-    builder = flax_video.data.prepare(config.dataset, tfds_dir(config, workdir), manual_dir=config.data_dir, **options)
+    def prepare():
+        return flax_video.data.prepare(config.dataset, tfds_dir(config, workdir), manual_dir=config.data_dir, **options)
+
+    if jax.process_count() == 1:
+        builder = prepare()
+    else:
+        # Process 0 builds while the others wait, so that processes sharing a
+        # filesystem do not race to write the same dataset; the others then
+        # open it (or, on a disk of their own, build their own copy).
+        from jax.experimental import multihost_utils
+
+        builder = prepare() if jax.process_index() == 0 else None
+        multihost_utils.sync_global_devices("dataset prepared")
+        builder = builder or prepare()
     splits = builder.info.splits
     validation = "validation" if "validation" in splits else "test"
     return Sources(builder.as_data_source("train"), builder.as_data_source(validation),
