@@ -70,8 +70,9 @@ class Config:
 
 # The demo: motion_shapes at 64 px, clips of 8 frames resized to 40 and
 # cropped to 32, short schedule. Measured on 2 CPU cores: see README.
-DEMO = dict(epochs=4, per_device_batch=16, lr=0.003, warmup_epochs=0.5, milestones=(3,), clip_len=8,
-            clips_per_video=1, eval_clips_per_video=2, resize=(40, 40), crop=32, checkpoint_every=50)
+DEMO = dict(epochs=14, per_device_batch=16, lr=0.003, warmup_epochs=1, milestones=(11,), clip_len=8,
+            clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=100,
+            eval_every_epochs=2)
 
 HELP = {
     "variant": "model: r3d, mc3 or r2plus1d (depth 18), or a full name such as r2plus1d_34",

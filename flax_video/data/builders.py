@@ -215,10 +215,10 @@ class Kinetics400(_SourceVideos):
 
 class MotionShapesConfig(tfds.core.BuilderConfig):
     def __init__(self, *, train_videos: int = 500, validation_videos: int = 100, frames: int = 32,
-                 size: int = 64, fps: int = 15, seed: int = 0):
+                 size: int = 32, fps: int = 15, seed: int = 0):
         self.sizes = {"train": train_videos, "validation": validation_videos}
         self.frames, self.size, self.fps, self.seed = frames, size, fps, seed
-        default = (train_videos, validation_videos, frames, size, fps, seed) == (500, 100, 32, 64, 15, 0)
+        default = (train_videos, validation_videos, frames, size, fps, seed) == (500, 100, 32, 32, 15, 0)
         name = "default" if default else f"train{train_videos}_val{validation_videos}_{frames}x{size}px_{fps}fps_seed{seed}"
         super().__init__(name=name, description=f"{size}x{size}, {frames} frames at {fps} fps, "
                                                 f"{train_videos} train / {validation_videos} validation videos, seed {seed}")
@@ -229,7 +229,9 @@ class MotionShapes(tfds.core.GeneratorBasedBuilder):
     `flax_video.data.synthetic`). Deterministic from the config's seed; the
     default (500 + 100 videos of 32 frames at 64x64) builds in seconds."""
 
-    VERSION = VERSION
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"2.0.0": "bright objects on darker clutter, larger and faster; 32x32 frames",
+                     "1.0.0": "first release"}
     BUILDER_CONFIGS = [MotionShapesConfig()]
 
     def __init__(self, *, workers: int | None = None, **kwargs):
