@@ -8,7 +8,6 @@ with their structure.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -22,21 +21,25 @@ def manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
                                  item_names=("state", "data", "config"))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, config_json: str) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, config: dict) -> None:
     host_state = jax.tree_util.tree_map(np.asarray, state)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
                                             data=ocp.args.JsonSave(data_state),
-                                            config=ocp.args.JsonSave(json.loads(config_json))))
+                                            config=ocp.args.JsonSave(config)))
 
 
 def restore(mngr: ocp.CheckpointManager, like_state, step: int | None = None):
-    """(state, data iterator state, config dict) of `step` (default: the
-    latest), or None when there is no checkpoint."""
+    """(state, data iterator state) of `step` (default: the latest), or
+    None when there is no checkpoint."""
     step = mngr.latest_step() if step is None else step
     if step is None:
         return None
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, jax.tree_util.tree_map(np.asarray, like_state))
     restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                          data=ocp.args.JsonRestore(),
-                                                          config=ocp.args.JsonRestore()))
-    return restored["state"], restored["data"], restored["config"]
+                                                          data=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"]
+
+
+def restore_config(mngr: ocp.CheckpointManager, step: int) -> dict:
+    """The config a checkpoint was trained with, as saved."""
+    return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]

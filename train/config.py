@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from dataclasses import dataclass, field
 
 from flax_video import registry
@@ -57,19 +56,17 @@ class Config:
     max_steps: int | None = None
     motion_shapes: dict = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Config":
-        values = json.loads(text)
-        for key in ("milestones", "resize"):
-            values[key] = tuple(values[key])
-        return cls(**values)
+    def __post_init__(self):
+        # Flags and JSON give lists.
+        self.milestones, self.resize = tuple(self.milestones), tuple(self.resize)
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"--dtype must be float32 or bfloat16, not {self.dtype}")
+        if self.per_device_batch < 1:
+            raise ValueError("--per-device-batch must be positive")
 
 
-# The demo: motion_shapes at 64 px, clips of 8 frames resized to 40 and
-# cropped to 32, short schedule. Measured on 2 CPU cores: see README.
+# The demo: motion_shapes (32x32 frames), clips of 8 frames resized to 20 and
+# cropped to 16, 14 epochs. Measured on 2 CPU cores: train/DEMO.md.
 DEMO = dict(epochs=14, per_device_batch=16, lr=0.003, warmup_epochs=1, milestones=(11,), clip_len=8,
             clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=100,
             eval_every_epochs=2)
@@ -152,10 +149,6 @@ def from_args(args: argparse.Namespace) -> Config:
     if "motion_shapes" in given:
         given["motion_shapes"] = {k: int(v) for k, v in (item.split("=", 1) for item in given["motion_shapes"])}
     dataset = given.get("dataset", Config.dataset)
-    values = {**(DEMO if dataset == "motion_shapes" else {}), **given}
-    for key in ("milestones", "resize"):
-        if key in values:
-            values[key] = tuple(values[key])
-    config = Config(**values)
+    config = Config(**{**(DEMO if dataset == "motion_shapes" else {}), **given})
     config.variant = full_variant(config.variant)
     return config

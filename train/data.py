@@ -18,6 +18,11 @@ class Sources:
     num_classes: int
 
 
+def sharding() -> loader.Sharding:
+    """This process's place among all processes, and its local devices."""
+    return loader.Sharding(jax.process_index(), jax.process_count(), jax.local_device_count())
+
+
 def train_spec(config: Config) -> loader.ClipSpec:
     return loader.ClipSpec(config.clip_len, config.fps, config.clips_per_video, tuple(config.resize), config.crop)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import sys
 
 import flax_video  # noqa: F401  (XLA:CPU flags before JAX starts)
@@ -22,7 +21,6 @@ def main(argv=None) -> int:
     import jax
     from flax import jax_utils
 
-    from flax_video.data import loader
     from train import checkpoints, data, steps
     from train.config import Config
     from train.loop import create_model, create_optimizer, evaluate, format_metrics, initial_variables
@@ -32,8 +30,7 @@ def main(argv=None) -> int:
     if step is None or step not in mngr.all_steps():
         print(f"error: no checkpoint {step if args.checkpoint else ''} in {args.workdir}/checkpoints", file=sys.stderr)
         return 2
-    config = Config.from_json(json.dumps(mngr.restore(step, args=checkpoints.ocp.args.Composite(
-        config=checkpoints.ocp.args.JsonRestore()))["config"]))
+    config = Config(**checkpoints.restore_config(mngr, step))
     config.three_crop = config.three_crop or args.three_crop
     sources = data.sources(config, args.workdir)
     num_classes = config.num_classes or sources.num_classes
@@ -41,10 +38,9 @@ def main(argv=None) -> int:
     # Fresh variables give the structure; the checkpoint gives the values.
     variables = initial_variables(dataclasses.replace(config, init_from=None), model, num_classes)
     tx = create_optimizer(config, variables["params"], lambda step: 0.0)  # only its state's structure matters
-    state, _, _ = checkpoints.restore(mngr, steps.create_state(variables, tx), step)
-    sharding = loader.Sharding(jax.process_index(), jax.process_count(), jax.local_device_count())
+    state, _ = checkpoints.restore(mngr, steps.create_state(variables, tx), step)
     p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
-    result = evaluate(jax_utils.replicate(state), p_eval, config, sources.validation, sharding, True)
+    result = evaluate(jax_utils.replicate(state), p_eval, config, sources.validation, data.sharding(), True)
     print(f"step {step}: " + format_metrics(result))
     return 0
 

@@ -2,6 +2,7 @@
 pmapped steps, with evaluation, checkpoints and metrics."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -82,8 +83,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
-    devices = jax.local_device_count()
-    sharding = loader.Sharding(jax.process_index(), jax.process_count(), devices)
+    sharding = data.sharding()
     sources = data.sources(config, workdir)
     num_classes = config.num_classes or sources.num_classes
     global_batch = config.per_device_batch * jax.device_count()
@@ -105,7 +105,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     restored = checkpoints.restore(mngr, state)
     data_state = None
     if restored is not None:
-        state, data_state, _ = restored
+        state, data_state = restored
         print(f"resuming from step {int(state.step)} in {workdir}")
     start = int(state.step)
 
@@ -123,7 +123,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     def save(step):
         nonlocal pstate
         pstate = p_sync(pstate)
-        checkpoints.save(mngr, step, jax_utils.unreplicate(pstate), train_iter.get_state(), config.to_json())
+        checkpoints.save(mngr, step, jax_utils.unreplicate(pstate), train_iter.get_state(), dataclasses.asdict(config))
 
     def run_eval(step):
         nonlocal pstate

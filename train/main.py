@@ -30,8 +30,6 @@ def main(argv=None) -> int:
     try:
         config = config_lib.from_args(args)
         data.check(config)
-        if config.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"--dtype must be float32 or bfloat16, not {config.dtype}")
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -40,9 +38,6 @@ def main(argv=None) -> int:
 
     from train.loop import NonFiniteLoss, train_and_evaluate
 
-    if config.per_device_batch < 1:
-        print("error: --per-device-batch must be positive", file=sys.stderr)
-        return 2
     if jax.process_index() == 0:
         print(f"{config.variant} on {config.dataset}: {jax.device_count()} devices, "
               f"{config.per_device_batch * jax.device_count()} clips per step; workdir {args.workdir}", flush=True)
