@@ -83,7 +83,7 @@ def main(argv=None):
     print(f"backend: {backend}; {len(shapes)} distinct conv shapes; times in ms "
           "(forward / forward+backward); * marks the lowering conv3d.choose picks")
     for (shape, kernel_shape, strides, padding), uses in shapes.items():
-        chosen = conv3d.choose(kernel_shape, strides, padding, backend)
+        chosen = conv3d.choose(shape, kernel_shape, strides, padding, backend)
         cells = []
         for lowering in conv3d.LOWERINGS:
             if not conv3d.applicable(lowering, kernel_shape, padding):

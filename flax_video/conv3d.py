@@ -80,7 +80,25 @@ def sum2d(x, kernel, strides: Triple, padding: Triple):
     return out.astype(x.dtype).reshape(n, t_out, *out.shape[1:])
 
 
-LOWERINGS = {f.__name__: f for f in (native, pointwise, spatial2d, temporal2d, sum2d)}
+def im2col(x, kernel, strides: Triple, padding: Triple):
+    """Any conv as one matmul: the kt*kh*kw shifted views of the input are
+    concatenated along channels. Its gradients are matmuls too, where XLA:CPU's
+    own kernel-gradient convolution is slow on small frames."""
+    st, sh, sw = strides
+    pt, ph, pw = padding
+    kt, kh, kw, _, out = kernel.shape
+    x = jnp.pad(x, ((0, 0), (pt, pt), (ph, ph), (pw, pw), (0, 0)))
+    _, t, h, w, _ = x.shape
+    t_out, h_out, w_out = (t - kt) // st + 1, (h - kh) // sh + 1, (w - kw) // sw + 1
+    views = [x[:, dt:dt + st * (t_out - 1) + 1:st, dh:dh + sh * (h_out - 1) + 1:sh, dw:dw + sw * (w_out - 1) + 1:sw]
+             for dt in range(kt) for dh in range(kh) for dw in range(kw)]
+    patches = jnp.concatenate(views, axis=-1)
+    # No float32 preferred type for bf16: its gradient matmuls would then run
+    # in float32 (XLA:CPU accumulates bf16 matmuls in float32 anyway).
+    return jnp.einsum("nthwk,ko->nthwo", patches, kernel.reshape(-1, out))
+
+
+LOWERINGS = {f.__name__: f for f in (native, pointwise, spatial2d, temporal2d, sum2d, im2col)}
 
 
 def applicable(name: str, kernel_shape, padding: Triple) -> bool:
@@ -92,14 +110,29 @@ def applicable(name: str, kernel_shape, padding: Triple) -> bool:
         return kt == 1 and pt == 0
     if name == "temporal2d":
         return kh == kw == 1 and ph == pw == 0
-    return name in ("native", "sum2d")
+    return name in ("native", "sum2d", "im2col")
 
 
-def choose(kernel_shape, strides: Triple, padding: Triple, backend: str) -> str:
+# Output frames of at most this many pixels use `im2col`: there XLA:CPU's
+# kernel-gradient convolution is up to 15x slower than the matmul
+# (`benchmarks/conv_lowering.py`: 7x7 frames at 112 px, 1x1 to 4x4 in the demo).
+IM2COL_MAX_PIXELS = 49
+
+
+def choose(input_shape, kernel_shape, strides: Triple, padding: Triple, backend: str) -> str:
     """The fastest lowering measured for this conv shape on `backend`."""
     if backend != "cpu":
         return "native"
-    for name in ("pointwise", "spatial2d", "temporal2d"):
+    _, _, h, w, _ = input_shape
+    _, kh, kw = kernel_shape[:3]
+    _, sh, sw = strides
+    _, ph, pw = padding
+    h_out, w_out = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if applicable("pointwise", kernel_shape, padding):
+        return "pointwise"
+    if h_out * w_out <= IM2COL_MAX_PIXELS:
+        return "im2col"
+    for name in ("spatial2d", "temporal2d"):
         if applicable(name, kernel_shape, padding):
             return name
     return "sum2d"
@@ -110,7 +143,7 @@ def conv3d(x, kernel, strides: Triple, padding: Triple, lowering: str | None = N
     PyTorch-style symmetric zero padding `(pt, ph, pw)`."""
     strides, padding = tuple(strides), tuple(padding)
     if lowering is None:
-        lowering = choose(kernel.shape, strides, padding, jax.default_backend())
+        lowering = choose(x.shape, kernel.shape, strides, padding, jax.default_backend())
     if lowering not in LOWERINGS or not applicable(lowering, kernel.shape, padding):
         raise ValueError(f"lowering {lowering!r} does not apply to kernel "
                          f"{kernel.shape[:3]} with padding {padding}")
