@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -65,32 +66,67 @@ class BatchNorm(nn.Module):
         batches = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
 
         if self.use_running_average:
-            mean, var = running_mean.value, running_var.value
-        else:
-            mean, var, count = self._batch_statistics(x)
-            if not self.is_initializing():
-                m = self.momentum
-                unbiased = var * (count / max(count - 1, 1))
-                running_mean.value = m * running_mean.value + (1 - m) * mean
-                running_var.value = m * running_var.value + (1 - m) * unbiased
-                batches.value = batches.value + 1
+            mul = scale * lax.rsqrt(running_var.value + self.epsilon)
+            return _affine(x.astype(self.dtype), running_mean.value, mul, bias, self.dtype)
 
-        # (x - mean) * mul + bias, as torch computes it: folding the mean into
-        # the bias cancels badly when |mean| >> std.
-        mul = scale * lax.rsqrt(var + self.epsilon)
-        x = x.astype(self.dtype)
-        return (x - mean.astype(self.dtype)) * mul.astype(self.dtype) + bias.astype(self.dtype)
+        y, mean, var, count = _normalize_in_train_mode(x, scale, bias, self.epsilon, self.dtype, self.axis_name)
+        if not self.is_initializing():
+            m = self.momentum
+            unbiased = var * (count / max(count - 1, 1))
+            running_mean.value = m * running_mean.value + (1 - m) * mean
+            running_var.value = m * running_var.value + (1 - m) * unbiased
+            batches.value = batches.value + 1
+        return y
 
-    def _batch_statistics(self, x):
-        axes = tuple(range(x.ndim - 1))
-        x = x.astype(jnp.promote_types(self.dtype, jnp.float32))
-        count = math.prod(x.shape[:-1])
-        mean = x.mean(axes)
-        if self.axis_name is not None:
-            mean = lax.pmean(mean, self.axis_name)
-            count *= lax.axis_size(self.axis_name)
+
+def _affine(x, mean, mul, bias, dtype):
+    # (x - mean) * mul + bias, as torch computes it: folding the mean into the
+    # bias cancels badly when |mean| >> std.
+    return (x - mean.astype(dtype)) * mul.astype(dtype) + bias.astype(dtype)
+
+
+def _channel_sum(x, dtype):
+    """Sum over every axis but the last, as a matmul with a ones vector: on
+    XLA:CPU that runs 2-7x faster than `reduce`, which it splits into a slow
+    reduce-window for accuracy."""
+    rows = x.reshape(-1, x.shape[-1])
+    return jnp.einsum("rc,r->c", rows, jnp.ones(rows.shape[0], rows.dtype), preferred_element_type=dtype)
+
+
+def _normalize_in_train_mode(x, scale, bias, epsilon, dtype, axis_name):
+    """Train-mode BatchNorm: (y, batch mean, biased batch variance, count),
+    the statistics over every replica when `axis_name` is set."""
+    stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    count = math.prod(x.shape[:-1]) * (lax.axis_size(axis_name) if axis_name else 1)
+    total = (lambda v: lax.psum(v, axis_name)) if axis_name else (lambda v: v)
+
+    @jax.custom_vjp
+    def normalize(x, scale, bias):
+        return forward(x, scale, bias)[0]
+
+    def forward(x, scale, bias):
+        mean = total(_channel_sum(x, stats_dtype)) / count
         # Two passes (mean, then centered squares) for float32 accuracy.
-        var = jnp.square(x - mean).mean(axes)
-        if self.axis_name is not None:
-            var = lax.pmean(var, self.axis_name)
-        return mean, var, count
+        centered = x.astype(stats_dtype) - mean
+        var = total(_channel_sum(jnp.square(centered), stats_dtype)) / count
+        rstd = lax.rsqrt(var + epsilon)
+        y = _affine(x.astype(dtype), mean, scale * rstd, bias, dtype)
+        return (y, mean, var), (x, mean, rstd, scale)
+
+    def backward(residuals, cotangents):
+        # The gradient autodiff would give (through the replicas' statistics
+        # too), with its four reductions as matmuls.
+        x, mean, rstd, scale = residuals
+        dy, dmean, dvar = cotangents
+        dy = dy.astype(stats_dtype)
+        centered = x.astype(stats_dtype) - mean
+        normalized = centered * rstd
+        dbias = _channel_sum(dy, stats_dtype)
+        dscale = _channel_sum(dy * normalized, stats_dtype)
+        dx = (scale * rstd) * (dy - (total(dbias) + normalized * total(dscale)) / count) \
+            + (total(dmean) + 2 * centered * total(dvar)) / count
+        return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+    normalize.defvjp(forward, backward)
+    y, mean, var = normalize(x, scale, bias)
+    return y, mean, var, count
