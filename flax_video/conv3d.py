@@ -113,10 +113,15 @@ def applicable(name: str, kernel_shape, padding: Triple) -> bool:
     return name in ("native", "sum2d", "im2col")
 
 
-# Output frames of at most this many pixels use `im2col`: there XLA:CPU's
-# kernel-gradient convolution is up to 15x slower than the matmul
-# (`benchmarks/conv_lowering.py`: 7x7 frames at 112 px, 1x1 to 4x4 in the demo).
-IM2COL_MAX_PIXELS = 49
+# Where XLA:CPU's convolutions do worst (`benchmarks/conv_lowering.py`), convs
+# are computed as one matmul (`im2col`): outputs of at most 2x2 pixels, where
+# even its forward pass is up to 40x slower than the matmul (the demo's
+# layer3/layer4), and 3x3x3 kernels up to 7x7 pixels, where its kernel
+# gradient is slow. For (1, 3, 3) and (3, 1, 1) kernels at 4x4 to 7x7 pixels
+# the 2D lowerings win both passes (mc3_18's layer4 at 112 px: 76 ms forward
+# against 127).
+IM2COL_MAX_PIXELS = 4
+IM2COL_MAX_PIXELS_3D = 49
 
 
 def choose(input_shape, kernel_shape, strides: Triple, padding: Triple, backend: str) -> str:
@@ -127,15 +132,15 @@ def choose(input_shape, kernel_shape, strides: Triple, padding: Triple, backend:
     _, kh, kw = kernel_shape[:3]
     _, sh, sw = strides
     _, ph, pw = padding
-    h_out, w_out = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    pixels = ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
     if applicable("pointwise", kernel_shape, padding):
         return "pointwise"
-    if h_out * w_out <= IM2COL_MAX_PIXELS:
+    if pixels <= IM2COL_MAX_PIXELS:
         return "im2col"
     for name in ("spatial2d", "temporal2d"):
         if applicable(name, kernel_shape, padding):
             return name
-    return "sum2d"
+    return "im2col" if pixels <= IM2COL_MAX_PIXELS_3D else "sum2d"
 
 
 def conv3d(x, kernel, strides: Triple, padding: Triple, lowering: str | None = None):
