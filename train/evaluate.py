@@ -19,7 +19,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import jax
-    from flax import jax_utils
 
     from train import checkpoints, data, steps
     from train.config import Config
@@ -40,7 +39,7 @@ def main(argv=None) -> int:
     tx = create_optimizer(config, variables["params"], lambda step: 0.0)  # only its state's structure matters
     state, _ = checkpoints.restore(mngr, steps.create_state(variables, tx), step)
     p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
-    result = evaluate(jax_utils.replicate(state), p_eval, config, sources.validation, data.sharding(), True)
+    result = evaluate(steps.replicate(state), p_eval, config, sources.validation, data.sharding(), True)
     print(f"step {step}: " + format_metrics(result))
     return 0
 

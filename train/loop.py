@@ -117,7 +117,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
                        axis_name=steps.AXIS, donate_argnums=0)
     p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
     p_sync = jax.pmap(steps.sync_batch_stats, axis_name=steps.AXIS)
-    pstate = jax_utils.replicate(state)
+    pstate = steps.replicate(state)
     writer = metrics.Writer(workdir, enabled=lead)
 
     def save(step):
