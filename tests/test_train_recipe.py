@@ -69,7 +69,8 @@ def _ten_steps():
     schedule = optim.learning_rate_fn(lr, per_epoch, 2, 0.01, (4,), 0.1)
     tx = optim.sgd(schedule, 0.9, 1e-4)
     state = steps.create_state(variables, tx)
-    step = jax.pmap(lambda s, b: steps.train_step(s, b, model=model, tx=tx, schedule=schedule), axis_name=steps.AXIS)
+    step = jax.pmap(lambda s, b, n: steps.train_step(s, b, n, model=model, tx=tx, schedule=schedule),
+                    axis_name=steps.AXIS)
     state = steps.replicate(state)
 
     rng = np.random.default_rng(0)
@@ -83,8 +84,16 @@ def _ten_steps():
         scheduler.step()
         batch = {"clip": clips[None], "label": labels[None].astype(np.int32), "mask": np.ones((1, 4)),
                  "bad": np.zeros((1, 4), np.int32)}
-        state, metrics = step(state, batch)
+        with_norms = i % 2 == 0  # the loop asks for norms on logged steps only
+        state, metrics = step(state, batch, np.array([with_norms]))
         assert float(metrics["loss"][0]) == pytest.approx(loss.item(), rel=1e-3), i
+        norms = [float(metrics["grad_norm"][0]), float(metrics["param_norm"][0])]
+        if with_norms:
+            grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in net.parameters())).item()
+            param_norm = torch.sqrt(sum((p.detach() ** 2).sum() for p in net.parameters())).item()
+            assert norms == pytest.approx([grad_norm, param_norm], rel=1e-6), i
+        else:
+            assert norms == [0.0, 0.0]
 
 
 def test_bfloat16_computes_convolutions_in_bf16_keeps_float32_state_and_learns():

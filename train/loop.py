@@ -139,7 +139,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     try:
         for step in range(start, total_steps):
             batch = next(train_iter)
-            pstate, m = p_train(pstate, batch)
+            done = step + 1
+            logged = done % config.log_every == 0 or done == total_steps
+            pstate, m = p_train(pstate, batch, np.full(sharding.local_devices, logged))
             m = jax.tree_util.tree_map(lambda x: float(np.asarray(x)[0]), m)
             if not math.isfinite(m["loss"]):
                 raise NonFiniteLoss(f"non-finite loss ({m['loss']}) at step {step + 1}; stopping. The last good "
@@ -151,8 +153,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
             tick = now
             bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", clips_s=f"{clips_per_s:.1f}", refresh=False)
             bar.update(1)
-            done = step + 1
-            if done % config.log_every == 0 or done == total_steps:
+            if logged:
                 count = sum(w["count"] for w in window)
                 writer.write("train", done, {"epoch": done / per_epoch, "loss": np.mean([w["loss"] for w in window]),
                                              "train_acc1": sum(w["correct"] for w in window) / max(count, 1),
