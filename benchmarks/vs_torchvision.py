@@ -11,6 +11,10 @@ steps each, and reports the median clips/s, the flax/torch ratio, flax's
 first-call (compile) time and each side's peak memory for one step. Runs
 unchanged on CUDA machines with GPU builds of jax and torch.
 
+GFLOP/s is torch's FLOP count of a step (`FlopCounterMode`) times clips/s;
+the header gives torch's GFLOP/s on one large 3x3 conv2d as a yardstick of
+what the machine delivers to a convolution.
+
 Peak memory is what one step allocates beyond its inputs: for torch the
 allocator's peak (CUDA) or the profiler's peak of live allocations (CPU); for
 flax the device's peak bytes in use (GPU) or XLA's buffer assignment of the
@@ -87,6 +91,16 @@ class TorchRunner:
             self.step()
         self.sync()
         return time.perf_counter() - start
+
+    def flops(self):
+        """FLOPs of one step as torch counts them: convolutions and matrix
+        products, forward and (training) backward; not the elementwise ops
+        or the SGD update. Both sides do this same arithmetic."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.step()
+        return counter.get_total_flops()
 
     def peak_memory(self):
         if self.device.type == "cuda":
@@ -178,18 +192,40 @@ def measure(variant, mode, args, torch_device):
         flax_times.append(ours.timed(args.steps) / args.steps)
     torch_cps = args.batch / statistics.median(torch_times)
     flax_cps = args.batch / statistics.median(flax_times)
+    gflop_per_clip = theirs.flops() / args.batch / 1e9
     return {"variant": variant, "mode": mode, "torch_clips_per_s": torch_cps,
-            "flax_clips_per_s": flax_cps, "ratio": flax_cps / torch_cps,
+            "flax_clips_per_s": flax_cps, "ratio": flax_cps / torch_cps, "gflop_per_clip": gflop_per_clip,
+            "torch_gflops": gflop_per_clip * torch_cps, "flax_gflops": gflop_per_clip * flax_cps,
             "torch_layout": theirs.layout, "flax_compile_s": ours.compile_seconds,
             "torch_peak_mib": theirs.peak_memory() / MiB, "flax_peak_mib": ours.peak_memory() / MiB}
 
 
+def conv_yardstick_gflops(device, dtype) -> float:
+    """GFLOP/s of torch on one large 3x3 2D convolution (8 x 128 channels x
+    56x56, its fastest layout): about the most this machine gives a
+    convolution, to read the GFLOP/s columns against."""
+    x = torch.randn(8, 128, 56, 56, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(128, 128, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    times = []
+    with torch.inference_mode(), autocast:
+        for _ in range(6):
+            start = time.perf_counter()
+            torch.nn.functional.conv2d(x, w, padding=1)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return 2 * 8 * 128 * 128 * 9 * 56 * 56 / min(times[1:]) / 1e9
+
+
 def table(rows, header):
     lines = [header, f"{'variant':13} {'mode':10} {'torch clips/s':>13} {'flax clips/s':>12} "
-                     f"{'flax/torch':>10} {'compile s':>9} {'torch MiB':>9} {'flax MiB':>8}  torch layout"]
+                     f"{'flax/torch':>10} {'GFLOP/clip':>10} {'torch GF/s':>10} {'flax GF/s':>9} "
+                     f"{'compile s':>9} {'torch MiB':>9} {'flax MiB':>8}  torch layout"]
     for r in rows:
         lines.append(f"{r['variant']:13} {r['mode']:10} {r['torch_clips_per_s']:13.2f} "
-                     f"{r['flax_clips_per_s']:12.2f} {r['ratio']:10.2f} {r['flax_compile_s']:9.1f} "
+                     f"{r['flax_clips_per_s']:12.2f} {r['ratio']:10.2f} {r['gflop_per_clip']:10.1f} "
+                     f"{r['torch_gflops']:10.0f} {r['flax_gflops']:9.0f} {r['flax_compile_s']:9.1f} "
                      f"{r['torch_peak_mib']:9.0f} {r['flax_peak_mib']:8.0f}  {r['torch_layout']}")
     return "\n".join(lines)
 
@@ -211,7 +247,8 @@ def main(argv=None):
     header = (f"{platform.node()}: jax {jax.__version__} on {jax.devices()[0].device_kind}, torch "
               f"{torch.__version__} on {torch_device} ({torch.get_num_threads()} threads); batch "
               f"{args.batch} x {args.frames}x{args.size}x{args.size}, {args.dtype}, median of "
-              f"{args.repeats} x {args.steps} steps")
+              f"{args.repeats} x {args.steps} steps; a large 3x3 conv2d in torch: "
+              f"{conv_yardstick_gflops(torch_device, args.dtype):.0f} GFLOP/s")
     rows = []
     for variant in args.variants:
         for mode in args.modes:
