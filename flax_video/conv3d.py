@@ -117,9 +117,9 @@ def applicable(name: str, kernel_shape, padding: Triple) -> bool:
 # are computed as one matmul (`im2col`): outputs of at most 2x2 pixels, where
 # even its forward pass is up to 40x slower than the matmul (the demo's
 # layer3/layer4), and kernels 3D in both time and space (3x3x3, the 3x7x7
-# stem) up to 7x7 pixels, where its kernel gradient is slow. For (1, 3, 3) and (3, 1, 1) kernels at 4x4 to 7x7 pixels
-# the 2D lowerings win both passes (mc3_18's layer4 at 112 px: 76 ms forward
-# against 127).
+# stem) up to 7x7 pixels, where its kernel gradient is slow. For (1, 3, 3)
+# and (3, 1, 1) kernels at 4x4 to 7x7 pixels the 2D lowerings win both
+# passes (mc3_18's layer4 at 112 px: 76 ms forward against 127).
 IM2COL_MAX_PIXELS = 4
 IM2COL_MAX_PIXELS_3D = 49
 

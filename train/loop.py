@@ -144,7 +144,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
             pstate, m = p_train(pstate, batch, np.full(sharding.local_devices, logged))
             m = jax.tree_util.tree_map(lambda x: float(np.asarray(x)[0]), m)
             if not math.isfinite(m["loss"]):
-                raise NonFiniteLoss(f"non-finite loss ({m['loss']}) at step {step + 1}; stopping. The last good "
+                raise NonFiniteLoss(f"non-finite loss ({m['loss']}) at step {done}; stopping. The last good "
                                     f"checkpoint (step {mngr.latest_step()}) in {workdir} is kept.")
             bad_total += int(m["bad"])
             window.append(m)
