@@ -110,6 +110,9 @@ class _Block(nn.Module):
     # (inplanes, planes); Caffe2/VMZ (IG65M weights) computes them per conv
     # from that conv's own input and output widths.
     midplanes_per_conv: bool = False
+    # The block's last BatchNorm starts with scale 0, so the residual branch
+    # adds nothing at first.
+    zero_init_residual: bool = False
 
     expansion = 1
 
@@ -126,6 +129,10 @@ class _Block(nn.Module):
         x = self.conv(out_planes, (1, 1, 1), strides, (0, 0, 0), name="downsample_conv")(x)
         return self.norm(name="downsample_bn")(x)
 
+    def _last_norm(self, name):
+        zero = self.zero_init_residual
+        return self.norm(name=name, scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
+
     def _builder(self, features, mid, stride, name):
         return self.conv_builder(features=features, midplanes=mid, stride=stride,
                                  conv=self.conv, norm=self.norm, name=name)
@@ -140,7 +147,7 @@ class BasicBlock(_Block):
         y = self._builder(self.planes, self._midplanes(inplanes, inplanes), self.stride, "conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = self._builder(self.planes, self._midplanes(inplanes, self.planes), 1, "conv2")(y)
-        y = self.norm(name="bn2")(y)
+        y = self._last_norm("bn2")(y)
         return nn.relu(y + self._shortcut(x))
 
 
@@ -155,5 +162,5 @@ class Bottleneck(_Block):
         y = self._builder(self.planes, self._midplanes(inplanes, self.planes), self.stride, "conv2")(y)
         y = nn.relu(self.norm(name="bn2")(y))
         y = self.conv(self.planes * self.expansion, (1, 1, 1), name="conv3")(y)
-        y = self.norm(name="bn3")(y)
+        y = self._last_norm("bn3")(y)
         return nn.relu(y + self._shortcut(x))

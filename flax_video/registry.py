@@ -71,7 +71,7 @@ def create_model(name: str, num_classes: int = 400, dtype: Any = jnp.float32,
                  **kwargs) -> VideoResNet:
     """Build a registered model. `num_classes=0` gives the backbone, whose
     output is the pooled features. Other keyword arguments (`bn_axis_name`,
-    `conv_lowering`) go to `VideoResNet`."""
+    `conv_lowering`, `zero_init_residual`) go to `VideoResNet`."""
     spec = get_spec(name)
     return VideoResNet(block=spec.block, conv_builders=spec.conv_builders,
                        layers=spec.layers, stem=spec.stem, num_classes=num_classes,

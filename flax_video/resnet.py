@@ -33,6 +33,10 @@ class VideoResNet(nn.Module):
     # Name of the pmap axis to take BatchNorm statistics over (SyncBN).
     bn_axis_name: str | None = None
     conv_lowering: str | None = None
+    # Every block's last BatchNorm scale starts at 0, so each block starts as
+    # its shortcut (Goyal et al. 2017). torchvision's video VideoResNet takes
+    # this flag but finds no such BatchNorm in its video blocks.
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -48,6 +52,7 @@ class VideoResNet(nn.Module):
                 x = self.block(planes=planes, conv_builder=builder,
                                stride=stride if i == 0 else 1, conv=conv, norm=norm,
                                midplanes_per_conv=self.midplanes_per_conv,
+                               zero_init_residual=self.zero_init_residual,
                                name=f"layer{stage}_{i}")(x)
             self.sow("intermediates", f"layer{stage}_out", x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
