@@ -13,6 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from train.config import from_args, parser
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--variant", "mc3_18", "--motion-shapes", "train_videos=10", "validation_videos=5", "frames=8", "size=32",
         "--clip-len", "4", "--resize", "20", "20", "--crop", "16", "--per-device-batch", "2", "--epochs", "2",
@@ -134,6 +136,24 @@ def test_help_explains_every_flag():
     for flag in ("--lr", "--weight-decay", "--warmup-epochs", "--milestones", "--sync-bn", "--init-from",
                  "--num-classes", "--dtype", "--workdir", "--coordinator-address"):
         assert flag in result.stdout
+
+
+def test_demo_defaults_shorten_deeper_models_and_decay_halfway():
+    def config(*flags):
+        return from_args(parser().parse_args(list(flags)))
+
+    demo = config("--variant", "r2plus1d")
+    assert (demo.epochs, demo.milestones, demo.lr, demo.zero_init_residual) == (24, (12,), 0.003, False)
+    deep = config("--variant", "r3d_152")
+    assert (deep.epochs, deep.milestones, deep.lr, deep.zero_init_residual) == (10, (5,), 0.005, True)
+    assert (config("--variant", "r3d_34").epochs, config("--variant", "r3d_34").lr) == (20, 0.02)
+    assert config("--variant", "r2plus1d_10").epochs == 24
+    assert config("--variant", "r2plus1d_34_ig65m").epochs == 20
+    assert config("--variant", "r3d_34", "--no-zero-init-residual").zero_init_residual is False
+    assert config("--variant", "mc3_101", "--epochs", "6").milestones == (3,)
+    assert config("--variant", "mc3", "--milestones", "2", "5").milestones == (2, 5)
+    kinetics = config("--dataset", "kinetics400", "--data-dir", "x")
+    assert (kinetics.epochs, kinetics.milestones, kinetics.zero_init_residual) == (45, (20, 30, 40), False)
 
 
 # In float64: at initialization the gradients are large (norm ~350) and fp32

@@ -26,7 +26,8 @@ class NonFiniteLoss(RuntimeError):
 
 def create_model(config: Config, num_classes: int):
     return flax_video.create_model(config.variant, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
-                                   bn_axis_name=steps.AXIS if config.sync_bn else None)
+                                   bn_axis_name=steps.AXIS if config.sync_bn else None,
+                                   zero_init_residual=config.zero_init_residual)
 
 
 def create_optimizer(config: Config, params, schedule):
