@@ -67,9 +67,8 @@ class Config:
 
 
 # The demo: motion_shapes (32x32 frames), clips of 8 frames resized to 20 and
-# cropped to 16, 24 epochs, x0.1 halfway. Measured on 2 CPU cores:
-# train/DEMO.md.
-# (The milestone is set by `demo_defaults`, halfway through the epochs.)
+# cropped to 16, 24 epochs, x0.1 halfway (`demo_defaults` sets the
+# milestone). Measured on 2 CPU cores: train/DEMO.md.
 DEMO = dict(epochs=24, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=8,
             clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=100,
             eval_every_epochs=2)
