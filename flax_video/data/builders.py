@@ -227,10 +227,11 @@ class MotionShapesConfig(tfds.core.BuilderConfig):
 class MotionShapes(tfds.core.GeneratorBasedBuilder):
     """Generated videos whose classes differ only in motion (see
     `flax_video.data.synthetic`). Deterministic from the config's seed; the
-    default (500 + 100 videos of 32 frames at 64x64) builds in seconds."""
+    default (500 + 100 videos of 32 frames at 32x32) builds in seconds."""
 
-    VERSION = tfds.core.Version("2.0.0")
-    RELEASE_NOTES = {"2.0.0": "bright objects on darker clutter, larger and faster; 32x32 frames",
+    VERSION = tfds.core.Version("2.1.0")
+    RELEASE_NOTES = {"2.1.0": "deterministic encoding: the same videos on every build and machine",
+                     "2.0.0": "bright objects on darker clutter, larger and faster; 32x32 frames",
                      "1.0.0": "first release"}
     BUILDER_CONFIGS = [MotionShapesConfig()]
 
