@@ -229,8 +229,9 @@ class MotionShapes(tfds.core.GeneratorBasedBuilder):
     `flax_video.data.synthetic`). Deterministic from the config's seed; the
     default (500 + 100 videos of 32 frames at 32x32) builds in seconds."""
 
-    VERSION = tfds.core.Version("2.1.0")
-    RELEASE_NOTES = {"2.1.0": "deterministic encoding: the same videos on every build and machine",
+    VERSION = tfds.core.Version("3.0.0")
+    RELEASE_NOTES = {"3.0.0": "a diagonal drift instead of spinning, which the demo's models barely resolved",
+                     "2.1.0": "deterministic encoding: the same videos on every build and machine",
                      "2.0.0": "bright objects on darker clutter, larger and faster; 32x32 frames",
                      "1.0.0": "first release"}
     BUILDER_CONFIGS = [MotionShapesConfig()]
