@@ -14,6 +14,8 @@ from flax_video.resnet import VideoResNet
 
 @dataclass(frozen=True)
 class ModelSpec:
+    family: str
+    depth: int
     block: Any
     layers: tuple[int, int, int, int]
     conv_builders: tuple[Any, Any, Any, Any]
@@ -38,7 +40,7 @@ FAMILIES = {
 }
 
 MODELS: dict[str, ModelSpec] = {
-    f"{family}_{depth}": ModelSpec(block, layers, builders, stem)
+    f"{family}_{depth}": ModelSpec(family, depth, block, layers, builders, stem)
     for family, (builders, stem) in FAMILIES.items()
     for depth, (block, layers) in DEPTHS.items()
 }
@@ -46,17 +48,14 @@ MODELS: dict[str, ModelSpec] = {
 # and ported onto torchvision's VideoResNet: Caffe2's per-conv midplanes and
 # BatchNorm epsilon 1e-3.
 MODELS["r2plus1d_34_ig65m"] = ModelSpec(
-    blocks.BasicBlock, DEPTHS[34][1], FAMILIES["r2plus1d"][0], blocks.R2Plus1dStem,
+    "r2plus1d", 34, blocks.BasicBlock, DEPTHS[34][1], FAMILIES["r2plus1d"][0], blocks.R2Plus1dStem,
     bn_epsilon=1e-3, midplanes_per_conv=True)
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a glob pattern, sorted."""
-    def family_then_depth(name):
-        family, depth, *rest = name.split("_")
-        return family, int(depth), rest
     return sorted((name for name in MODELS if fnmatch.fnmatch(name, pattern)),
-                  key=family_then_depth)
+                  key=lambda name: (MODELS[name].family, MODELS[name].depth, name))
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -85,7 +85,7 @@ DEMO_EPOCHS_AND_LR = {34: (20, 0.02), 50: (20, 0.005), 101: (14, 0.005), 152: (1
 def demo_defaults(variant: str, epochs: int | None = None) -> dict:
     """DEMO for `variant`'s depth, with the lr decay halfway through
     `epochs` (default: the depth's)."""
-    depth = int(full_variant(variant).split("_")[1])
+    depth = registry.get_spec(full_variant(variant)).depth
     if depth in DEMO_EPOCHS_AND_LR:
         depth_epochs, lr = DEMO_EPOCHS_AND_LR[depth]
         base = {**DEMO, **DEMO_DEEP, "lr": lr}
