@@ -147,6 +147,8 @@ def test_demo_defaults_shorten_deeper_models_and_decay_halfway():
     deep = config("--variant", "r3d_152")
     assert (deep.epochs, deep.milestones, deep.lr, deep.zero_init_residual) == (10, (5,), 0.005, True)
     assert (config("--variant", "r3d_34").epochs, config("--variant", "r3d_34").lr) == (20, 0.02)
+    mc3_34 = config("--variant", "mc3_34")
+    assert (mc3_34.epochs, mc3_34.milestones, mc3_34.lr, mc3_34.zero_init_residual) == (24, (12,), 0.02, True)
     assert config("--variant", "r2plus1d_10").epochs == 24
     assert config("--variant", "r2plus1d_34_ig65m").epochs == 20
     assert config("--variant", "r3d_34", "--no-zero-init-residual").zero_init_residual is False

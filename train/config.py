@@ -80,14 +80,19 @@ DEMO = dict(epochs=24, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=
 # and evaluations keep these slower models' demo within 10 minutes.
 DEMO_DEEP = dict(zero_init_residual=True, eval_every_epochs=4)
 DEMO_EPOCHS_AND_LR = {34: (20, 0.02), 50: (20, 0.005), 101: (14, 0.005), 152: (10, 0.005)}
+# mc3_34 learns slower than the other depth-34 models (86% after 20 epochs)
+# but steps faster: 24 epochs reach 92% in 7m53s.
+DEMO_EPOCHS_OF_VARIANT = {"mc3_34": 24}
 
 
 def demo_defaults(variant: str, epochs: int | None = None) -> dict:
     """DEMO for `variant`'s depth, with the lr decay halfway through
     `epochs` (default: the depth's)."""
-    depth = registry.get_spec(full_variant(variant)).depth
+    name = full_variant(variant)
+    depth = registry.get_spec(name).depth
     if depth in DEMO_EPOCHS_AND_LR:
         depth_epochs, lr = DEMO_EPOCHS_AND_LR[depth]
+        depth_epochs = DEMO_EPOCHS_OF_VARIANT.get(name, depth_epochs)
         base = {**DEMO, **DEMO_DEEP, "lr": lr}
     else:
         depth_epochs, base = DEMO["epochs"], DEMO
