@@ -75,9 +75,10 @@ DEMO = dict(epochs=24, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=
 # Depth 34 and up: at lr 0.003 r2plus1d_34 learned half as fast as depth 18;
 # with zero-initialized residual branches it trains at higher rates (after 8
 # epochs: 54% at lr 0.01, 73% at 0.02, 70% at 0.04). At depth 18 that
-# change cost r3d 11 points. The Bottleneck depths' loss climbed to 8 at
-# lr 0.02 and to 4.6 at 0.01 within 80 steps, not at 0.005. Fewer epochs
-# and evaluations keep these slower models' demo within 10 minutes.
+# change cost r3d 11 points. r2plus1d_50's loss climbed to 7.9 at lr 0.02,
+# 4.6 at 0.01 and 2.6 at 0.005 within 80 steps (it does not learn the demo
+# at any of them: train/DEMO.md). Fewer epochs and evaluations keep these
+# slower models' demo within 10 minutes.
 DEMO_DEEP = dict(zero_init_residual=True, eval_every_epochs=4)
 DEMO_EPOCHS_AND_LR = {34: (20, 0.02), 50: (20, 0.005), 101: (14, 0.005), 152: (10, 0.005)}
 # mc3_34 learns slower than the other depth-34 models (86% after 20 epochs)

@@ -71,9 +71,10 @@ def render(label: int, num_frames: int, height: int, width: int, rng: np.random.
     angle = rng.uniform(0, 2 * np.pi)
     speed = rng.uniform(0.06, 0.1) * size  # pixels per frame
     direction = rng.choice([-1.0, 1.0])
-    diagonal = speed / np.sqrt(2) * rng.choice([-1.0, 1.0])
+    vertical = rng.choice([-1.0, 1.0])
+    diagonal = speed / np.sqrt(2)
     velocity = {"rising": (-speed, 0.0), "falling": (speed, 0.0), "sliding": (0.0, direction * speed),
-                "drifting": (diagonal, direction * abs(diagonal))}.get(name, (0.0, 0.0))
+                "drifting": (vertical * diagonal, direction * diagonal)}.get(name, (0.0, 0.0))
     video = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
         position = (center[0] + t * velocity[0], center[1] + t * velocity[1])
