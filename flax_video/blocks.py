@@ -100,6 +100,21 @@ class R2Plus1dStem(nn.Module):
 
 # --- residual blocks
 
+ZERO_INIT_MODES = ("none", "all", "identity")
+
+
+def zero_init_mode(value: bool | str) -> str:
+    """Which residual branches start silent (last BatchNorm scale 0):
+    "none" (torchvision's init; also False), "all" (every block, Goyal et al.
+    2017; also True) or "identity" (only blocks whose shortcut is the
+    identity, so each stage's first, projection block starts live)."""
+    mode = {False: "none", True: "all"}[value] if isinstance(value, bool) else value
+    if mode not in ZERO_INIT_MODES:
+        raise ValueError(f"zero_init_residual must be True, False or one of {', '.join(ZERO_INIT_MODES)}; "
+                         f"got {value!r}")
+    return mode
+
+
 class _Block(nn.Module):
     planes: int
     conv_builder: Any
@@ -110,9 +125,9 @@ class _Block(nn.Module):
     # (inplanes, planes); Caffe2/VMZ (IG65M weights) computes them per conv
     # from that conv's own input and output widths.
     midplanes_per_conv: bool = False
-    # The block's last BatchNorm starts with scale 0, so the residual branch
-    # adds nothing at first.
-    zero_init_residual: bool = False
+    # Whether the block's last BatchNorm starts with scale 0, so that the
+    # residual branch adds nothing at first: `zero_init_mode`'s values.
+    zero_init_residual: bool | str = False
 
     expansion = 1
 
@@ -121,16 +136,20 @@ class _Block(nn.Module):
             return midplanes(conv_inplanes, self.planes)
         return midplanes(block_inplanes, self.planes)
 
+    def _identity_shortcut(self, x) -> bool:
+        return self.stride == 1 and x.shape[-1] == self.planes * self.expansion
+
     def _shortcut(self, x):
-        out_planes = self.planes * self.expansion
-        if self.stride == 1 and x.shape[-1] == out_planes:
+        if self._identity_shortcut(x):
             return x
         strides = self.conv_builder.downsample_stride(self.stride)
-        x = self.conv(out_planes, (1, 1, 1), strides, (0, 0, 0), name="downsample_conv")(x)
+        x = self.conv(self.planes * self.expansion, (1, 1, 1), strides, (0, 0, 0), name="downsample_conv")(x)
         return self.norm(name="downsample_bn")(x)
 
-    def _last_norm(self, name):
-        zero = self.zero_init_residual
+    def _last_norm(self, name, x):
+        """The branch's last BatchNorm; `x` is the block's input."""
+        mode = zero_init_mode(self.zero_init_residual)
+        zero = mode == "all" or (mode == "identity" and self._identity_shortcut(x))
         return self.norm(name=name, scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
 
     def _builder(self, features, mid, stride, name):
@@ -147,7 +166,7 @@ class BasicBlock(_Block):
         y = self._builder(self.planes, self._midplanes(inplanes, inplanes), self.stride, "conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = self._builder(self.planes, self._midplanes(inplanes, self.planes), 1, "conv2")(y)
-        y = self._last_norm("bn2")(y)
+        y = self._last_norm("bn2", x)(y)
         return nn.relu(y + self._shortcut(x))
 
 
@@ -162,5 +181,5 @@ class Bottleneck(_Block):
         y = self._builder(self.planes, self._midplanes(inplanes, self.planes), self.stride, "conv2")(y)
         y = nn.relu(self.norm(name="bn2")(y))
         y = self.conv(self.planes * self.expansion, (1, 1, 1), name="conv3")(y)
-        y = self._last_norm("bn3")(y)
+        y = self._last_norm("bn3", x)(y)
         return nn.relu(y + self._shortcut(x))

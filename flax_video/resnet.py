@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flax_video.blocks import zero_init_mode
 from flax_video.layers import BatchNorm, Conv
 
 STAGE_PLANES = (64, 128, 256, 512)
@@ -33,13 +34,16 @@ class VideoResNet(nn.Module):
     # Name of the pmap axis to take BatchNorm statistics over (SyncBN).
     bn_axis_name: str | None = None
     conv_lowering: str | None = None
-    # Every block's last BatchNorm scale starts at 0, so each block starts as
-    # its shortcut (Goyal et al. 2017). torchvision's video VideoResNet takes
-    # this flag but finds no such BatchNorm in its video blocks.
-    zero_init_residual: bool = False
+    # Which blocks start as their shortcut, their last BatchNorm scale at 0:
+    # False / "none", True / "all" (Goyal et al. 2017), or "identity" (blocks
+    # with an identity shortcut only; `zero_init_mode`). torchvision's
+    # video VideoResNet takes a bool flag but finds no such BatchNorm in its
+    # video blocks.
+    zero_init_residual: bool | str = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        zero_init_mode(self.zero_init_residual)  # a bad value fails here, not in a block
         conv = functools.partial(Conv, dtype=self.dtype, lowering=self.conv_lowering)
         norm = functools.partial(BatchNorm, use_running_average=not train,
                                  epsilon=self.bn_epsilon, dtype=self.dtype,

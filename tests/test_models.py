@@ -84,22 +84,26 @@ def test_init_statistics_match_torchvision():
 
 
 @pytest.mark.parametrize("name", ["r2plus1d_18", "r3d_50"])  # BasicBlock, Bottleneck
-def test_zero_init_residual_zeroes_the_last_batchnorm_of_each_block(name):
+@pytest.mark.parametrize("mode", [True, "identity"])
+def test_zero_init_residual_zeroes_the_last_batchnorm_of_each_block(name, mode):
     from convert.core import torchvision_to_flax
 
     # torchvision's video VideoResNet has this flag too, but it looks for
     # `bn3` attributes the video blocks lack (their BatchNorms sit inside
     # nn.Sequential): a no-op for BasicBlock, AttributeError for Bottleneck.
     # So zero the last BatchNorm of each residual branch by hand, as the flag
-    # of torchvision's image ResNets does, and compare through the converter.
+    # of torchvision's image ResNets does (with "identity": only in blocks
+    # without a downsample shortcut), and compare through the converter.
     torch_net = torch_model(name, num_classes=5)
     for block in torch_net.modules():
         if type(block).__name__ in ("BasicBlock", "Bottleneck"):
+            if mode == "identity" and block.downsample is not None:
+                continue
             last_conv = block.conv3 if type(block).__name__ == "Bottleneck" else block.conv2
             torch.nn.init.zeros_(last_conv[1].weight)
     state = {k: v.numpy() for k, v in torch_net.state_dict().items()}
     expected = torchvision_to_flax(state, name)["params"]
-    model = create_model(name, num_classes=5, zero_init_residual=True)
+    model = create_model(name, num_classes=5, zero_init_residual=mode)
     x = jax.random.uniform(jax.random.key(1), (1, 2, 16, 16, 3))
     variables = jax.jit(model.init)(jax.random.key(0), x)
 
@@ -108,7 +112,11 @@ def test_zero_init_residual_zeroes_the_last_batchnorm_of_each_block(name):
                 if jax.tree_util.keystr(path).endswith("['scale']") and not np.any(np.asarray(leaf))}
 
     zeroed = zero_scales(variables["params"])
-    assert len(zeroed) == sum(get_spec(name).layers)  # one per block
+    blocks = sum(get_spec(name).layers)
+    # A projection (downsample) shortcut starts each stage but BasicBlock's
+    # layer1, whose widths match.
+    projections = 4 if name == "r3d_50" else 3
+    assert len(zeroed) == (blocks if mode is True else blocks - projections)
     assert zeroed == zero_scales(expected)
     if name == "r2plus1d_18":
         # layer1's blocks keep 64 channels and the resolution: identity
@@ -194,3 +202,9 @@ def test_package_exports():
     assert flax_video.KINETICS400_CLASSES[0] == "abseiling"
     assert flax_video.KINETICS400_CLASSES[-1] == "zumba"
     assert len(set(flax_video.KINETICS400_CLASSES)) == 400
+
+
+def test_unknown_zero_init_mode_is_a_clear_error():
+    model = create_model("r3d_10", num_classes=5, zero_init_residual="stages")
+    with pytest.raises(ValueError, match="zero_init_residual must be .* none, all, identity; got 'stages'"):
+        model.init(jax.random.key(0), jnp.zeros((1, 2, 16, 16, 3)))
