@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train.config import from_args, parser
+from train.config import Config, from_args, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--variant", "mc3_18", "--motion-shapes", "train_videos=10", "validation_videos=5", "frames=8", "size=32",
@@ -121,6 +121,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(finished):
     (["--dataset", "kinetics400", "--data-dir", "/no/such/dir"], "does not exist"),
     (["--dataset", "imagenet"], "unknown dataset"),
     (["--dtype", "float16"], "float32 or bfloat16"),
+    (["--zero-init-residual", "stages"], "invalid choice: 'stages'"),
 ])
 def test_bad_flags_fail_at_once(args, message, tmp_path):
     start = time.time()
@@ -142,20 +143,25 @@ def test_demo_defaults_shorten_deeper_models_and_decay_halfway():
     def config(*flags):
         return from_args(parser().parse_args(list(flags)))
 
-    demo = config("--variant", "r2plus1d")
-    assert (demo.epochs, demo.milestones, demo.lr, demo.zero_init_residual) == (24, (12,), 0.003, False)
-    deep = config("--variant", "r3d_152")
-    assert (deep.epochs, deep.milestones, deep.lr, deep.zero_init_residual) == (10, (5,), 0.005, True)
-    assert (config("--variant", "r3d_34").epochs, config("--variant", "r3d_34").lr) == (20, 0.02)
-    mc3_34 = config("--variant", "mc3_34")
-    assert (mc3_34.epochs, mc3_34.milestones, mc3_34.lr, mc3_34.zero_init_residual) == (24, (12,), 0.02, True)
+    fields = lambda c: (c.epochs, c.milestones, c.lr, c.zero_init_residual, c.head_lr_scale)
+    assert fields(config("--variant", "r2plus1d")) == (24, (12,), 0.003, "none", 1.0)
+    assert fields(config("--variant", "r3d_34")) == (20, (10,), 0.02, "all", 1.0)
+    assert fields(config("--variant", "mc3_34")) == (24, (12,), 0.02, "all", 1.0)
+    assert fields(config("--variant", "r2plus1d_50")) == (12, (6,), 0.01, "identity", 0.1)
+    assert fields(config("--variant", "r3d_152")) == (8, (4,), 0.01, "identity", 0.1)
     assert config("--variant", "r2plus1d_10").epochs == 24
     assert config("--variant", "r2plus1d_34_ig65m").epochs == 20
-    assert config("--variant", "r3d_34", "--no-zero-init-residual").zero_init_residual is False
+    assert config("--variant", "r3d_34", "--zero-init-residual", "none").zero_init_residual == "none"
+    assert config("--variant", "r3d_50", "--head-lr-scale", "1").head_lr_scale == 1.0
     assert config("--variant", "mc3_101", "--epochs", "6").milestones == (3,)
     assert config("--variant", "mc3", "--milestones", "2", "5").milestones == (2, 5)
-    kinetics = config("--dataset", "kinetics400", "--data-dir", "x")
-    assert (kinetics.epochs, kinetics.milestones, kinetics.zero_init_residual) == (45, (20, 30, 40), False)
+    kinetics = config("--dataset", "kinetics400", "--data-dir", "x", "--variant", "r2plus1d_50")
+    assert fields(kinetics)[:2] + fields(kinetics)[3:] == (45, (20, 30, 40), "none", 1.0)
+    # Configs saved before the zero-init modes existed hold bools.
+    assert Config(zero_init_residual=True).zero_init_residual == "all"
+    assert Config(zero_init_residual=False).zero_init_residual == "none"
+    with pytest.raises(ValueError, match="--head-lr-scale must be at least 0"):
+        Config(head_lr_scale=-1)
 
 
 # In float64: at initialization the gradients are large (norm ~350) and fp32

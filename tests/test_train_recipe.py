@@ -32,6 +32,44 @@ def test_schedule_matches_torch_at_every_step():
         scheduler.step()
 
 
+def test_head_lr_scale_matches_a_torch_param_group_with_its_own_lr():
+    with jax.enable_x64(True):
+        _head_lr_scale_steps()
+
+
+def _head_lr_scale_steps():
+    import optax
+
+    rng = np.random.default_rng(0)
+    params = {"layer1_0": {"conv1": {"kernel": rng.normal(size=(1, 1, 1, 3, 4))}},
+              "fc": {"kernel": rng.normal(size=(4, 5)), "bias": rng.normal(size=5)}}
+    paths = [("layer1_0", "conv1", "kernel"), ("fc", "kernel"), ("fc", "bias")]
+    get = lambda tree, path: tree[path[0]][path[1]] if len(path) == 2 else tree[path[0]][path[1]][path[2]]
+    torch_params = [torch.nn.Parameter(torch.from_numpy(get(params, p).copy())) for p in paths]
+    per_epoch, lr, scale = 2, 0.1, 0.1
+    optimizer = torch.optim.SGD([{"params": torch_params[:1]}, {"params": torch_params[1:], "lr": lr * scale}],
+                                lr=lr, momentum=0.9, weight_decay=1e-4)
+    scheduler = _torch_schedule(optimizer, per_epoch, 2, 0.01, (4,), 0.1)
+    schedule = optim.learning_rate_fn(lr, per_epoch, 2, 0.01, (4,), 0.1)
+    tx = optim.sgd(schedule, 0.9, 1e-4, True, scale, optim.head_mask(params))
+    opt_state = tx.init(params)
+    for _ in range(6 * per_epoch):  # warmup, full lr, and past the milestone
+        grads = jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape), params)
+        for p, path in zip(torch_params, paths):
+            p.grad = torch.from_numpy(get(grads, path).copy())
+        optimizer.step()
+        scheduler.step()
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        for p, path in zip(torch_params, paths):
+            # The schedule's lr is float32 (1e-7 relative): the parameters,
+            # of order 1, agree to ~1e-8. A head scale missed or misplaced
+            # moves them by ~1e-2.
+            np.testing.assert_allclose(np.asarray(get(params, path)), p.detach().numpy(), rtol=1e-7, atol=1e-7)
+    # The scale reaches the classifier and nothing else.
+    assert optim.head_mask(params) == {"layer1_0": {"conv1": {"kernel": False}}, "fc": {"kernel": True, "bias": True}}
+
+
 def test_replicated_state_does_not_retrace_the_train_step():
     traces = []
 

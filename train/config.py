@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
-from flax_video import registry
+from flax_video import blocks, registry
 
 FAMILIES = ("r3d", "mc3", "r2plus1d")
 
@@ -29,6 +29,7 @@ class Config:
     epochs: int = 45
     per_device_batch: int = 16
     lr: float = 0.01
+    head_lr_scale: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
     decay_bn_and_bias: bool = True
@@ -44,7 +45,7 @@ class Config:
     eval_clips_per_video: int = 5
     three_crop: bool = False
     sync_bn: bool = False
-    zero_init_residual: bool = False
+    zero_init_residual: str = "none"
     dtype: str = "float32"
     seed: int = 0
     workers: int = 2
@@ -64,6 +65,10 @@ class Config:
             raise ValueError(f"--dtype must be float32 or bfloat16, not {self.dtype}")
         if self.per_device_batch < 1:
             raise ValueError("--per-device-batch must be positive")
+        if self.head_lr_scale < 0:
+            raise ValueError(f"--head-lr-scale must be at least 0, not {self.head_lr_scale}")
+        # Also maps the bools of configs saved before the modes existed.
+        self.zero_init_residual = blocks.zero_init_mode(self.zero_init_residual)
 
 
 # The demo: motion_shapes (32x32 frames), clips of 8 frames resized to 20 and
@@ -72,15 +77,24 @@ class Config:
 DEMO = dict(epochs=24, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=8,
             clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=100,
             eval_every_epochs=2)
-# Depth 34 and up: at lr 0.003 r2plus1d_34 learned half as fast as depth 18;
-# with zero-initialized residual branches it trains at higher rates (after 8
-# epochs: 54% at lr 0.01, 73% at 0.02, 70% at 0.04). At depth 18 that
-# change cost r3d 11 points. r2plus1d_50's loss climbed to 7.9 at lr 0.02,
-# 4.6 at 0.01 and 2.6 at 0.005 within 80 steps (it does not learn the demo
-# at any of them: train/DEMO.md). Fewer epochs and evaluations keep these
-# slower models' demo within 10 minutes.
-DEMO_DEEP = dict(zero_init_residual=True, eval_every_epochs=4)
-DEMO_EPOCHS_AND_LR = {34: (20, 0.02), 50: (20, 0.005), 101: (14, 0.005), 152: (10, 0.005)}
+# Depth 34 and up evaluate every 4 epochs and start residual branches
+# silent, so that fewer, faster-learning epochs fit in 10 minutes.
+# - BasicBlock (34): at lr 0.003 r2plus1d_34 learned half as fast as depth
+#   18; with every block zero-initialized it trains at higher rates (after 8
+#   epochs: 54% at lr 0.01, 73% at 0.02, 70% at 0.04). At depth 18 that
+#   change cost r3d 11 points.
+# - Bottleneck (50, 101, 152): with every block silent the network sees one
+#   stem pixel (the strided 1x1 projection shortcuts subsample it to 1x1x1)
+#   and did not learn at any lr; so only blocks with an identity shortcut
+#   start silent. The 2048-wide head, unpooled at 1x1x1, memorizes each
+#   batch's noise (its logits move 4x more per step than depth 34's 512-wide
+#   head's), so it steps at 0.1x the lr: without that, lr 0.01 drove the
+#   loss to 5.7.
+# Measured: train/DEMO.md.
+DEMO_DEEP = dict(eval_every_epochs=4)
+DEMO_OF_BLOCK = {blocks.BasicBlock: dict(zero_init_residual="all", lr=0.02),
+                 blocks.Bottleneck: dict(zero_init_residual="identity", lr=0.01, head_lr_scale=0.1)}
+DEMO_EPOCHS = {34: 20, 50: 12, 101: 10, 152: 8}
 # mc3_34 learns slower than the other depth-34 models (86% after 20 epochs)
 # but steps faster: 24 epochs reach 92% in 7m53s.
 DEMO_EPOCHS_OF_VARIANT = {"mc3_34": 24}
@@ -90,11 +104,10 @@ def demo_defaults(variant: str, epochs: int | None = None) -> dict:
     """DEMO for `variant`'s depth, with the lr decay halfway through
     `epochs` (default: the depth's)."""
     name = full_variant(variant)
-    depth = registry.get_spec(name).depth
-    if depth in DEMO_EPOCHS_AND_LR:
-        depth_epochs, lr = DEMO_EPOCHS_AND_LR[depth]
-        depth_epochs = DEMO_EPOCHS_OF_VARIANT.get(name, depth_epochs)
-        base = {**DEMO, **DEMO_DEEP, "lr": lr}
+    spec = registry.get_spec(name)
+    if spec.depth in DEMO_EPOCHS:
+        depth_epochs = DEMO_EPOCHS_OF_VARIANT.get(name, DEMO_EPOCHS[spec.depth])
+        base = {**DEMO, **DEMO_DEEP, **DEMO_OF_BLOCK[spec.block]}
     else:
         depth_epochs, base = DEMO["epochs"], DEMO
     epochs = epochs or depth_epochs
@@ -110,6 +123,7 @@ HELP = {
     "epochs": "training epochs",
     "per_device_batch": "clips per device per step",
     "lr": "learning rate per device (scaled by the number of devices)",
+    "head_lr_scale": "the classifier's learning rate is this multiple of the lr (torchvision: 1)",
     "momentum": "SGD momentum",
     "weight_decay": "L2 weight decay, added to the gradient before momentum as torch.optim.SGD does",
     "decay_bn_and_bias": "apply weight decay to BatchNorm and bias parameters too (torchvision does)",
@@ -125,7 +139,8 @@ HELP = {
     "eval_clips_per_video": "uniformly spaced clips per video for evaluation",
     "three_crop": "evaluate on left, center and right crops",
     "sync_bn": "BatchNorm statistics across all devices (default: per device, as torchvision without SyncBN)",
-    "zero_init_residual": "start each residual block's last BatchNorm scale at 0, so every block starts as its shortcut",
+    "zero_init_residual": "start residual blocks as their shortcut (last BatchNorm scale 0): none (torchvision), "
+                          "all blocks, or identity: only those whose shortcut is the identity",
     "dtype": "compute dtype, float32 or bfloat16 (parameters stay float32)",
     "seed": "seed of the initialization and the data order",
     "workers": "data-loader worker processes (0: in the main process)",
@@ -167,7 +182,8 @@ def parser() -> argparse.ArgumentParser:
         else:
             kind = {"data_dir": str, "tfds_dir": str, "init_from": str, "short_side": int,
                     "num_classes": int, "max_steps": int}.get(f.name, type(default))
-            result.add_argument(flag, type=kind, default=None, help=HELP[f.name])
+            choices = blocks.ZERO_INIT_MODES if f.name == "zero_init_residual" else None
+            result.add_argument(flag, type=kind, default=None, choices=choices, help=HELP[f.name])
     result.add_argument("--coordinator-address", help="multi-host: host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
     result.add_argument("--num-processes", type=int, help="multi-host: number of processes (or JAX_NUM_PROCESSES)")
     result.add_argument("--process-id", type=int, help="multi-host: this process (or JAX_PROCESS_ID)")

@@ -31,7 +31,8 @@ def create_model(config: Config, num_classes: int):
 
 
 def create_optimizer(config: Config, params, schedule):
-    return optim.sgd(schedule, config.momentum, config.weight_decay, optim.decay_mask(params, config.decay_bn_and_bias))
+    return optim.sgd(schedule, config.momentum, config.weight_decay, optim.decay_mask(params, config.decay_bn_and_bias),
+                     config.head_lr_scale, optim.head_mask(params))
 
 
 def initial_variables(config: Config, model, num_classes: int):

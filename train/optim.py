@@ -34,8 +34,19 @@ def decay_mask(params, decay_bn_and_bias: bool):
         lambda path, _: decay_bn_and_bias or getattr(path[-1], "key", None) == "kernel", params)
 
 
-def sgd(schedule, momentum: float, weight_decay: float, mask=True) -> optax.GradientTransformation:
+def head_mask(params):
+    """True for the classifier's parameters (`fc`)."""
+    return {name: jax.tree_util.tree_map(lambda _: name == "fc", tree) for name, tree in params.items()}
+
+
+def sgd(schedule, momentum: float, weight_decay: float, mask=True, head_lr_scale: float = 1.0,
+        head=None) -> optax.GradientTransformation:
     """torch.optim.SGD: grad + weight_decay * param, then momentum (no
-    dampening, not Nesterov), then -lr."""
-    return optax.chain(optax.add_decayed_weights(weight_decay, mask=mask),
-                       optax.sgd(schedule, momentum=momentum))
+    dampening, not Nesterov), then -lr. With `head_lr_scale`, the parameters
+    `head` selects step at that multiple of the lr, as a torch param group
+    with its own lr under the same schedulers does."""
+    parts = [optax.add_decayed_weights(weight_decay, mask=mask), optax.sgd(schedule, momentum=momentum)]
+    if head_lr_scale != 1:
+        # After momentum: SGD is linear, so scaling the update scales the lr.
+        parts.append(optax.masked(optax.scale(head_lr_scale), head))
+    return optax.chain(*parts)
