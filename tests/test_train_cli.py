@@ -149,6 +149,7 @@ def test_demo_defaults_per_depth_and_block():
     assert fields(config("--variant", "mc3_34")) == (24, (12,), 0.02, "all", 1.0)
     assert fields(config("--variant", "r2plus1d_50")) == (12, (9,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r3d_152")) == (8, (6,), 0.01, "identity", 0.1)
+    assert fields(config("--variant", "r3d_101")) == (10, (7.5,), 0.01, "identity", 0.1)
     assert config("--variant", "r2plus1d_10").epochs == 24
     assert config("--variant", "r2plus1d_34_ig65m").epochs == 20
     assert config("--variant", "r3d_34", "--zero-init-residual", "none").zero_init_residual == "none"
