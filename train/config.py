@@ -85,7 +85,7 @@ DEMO = dict(epochs=24, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=
 #   change cost r3d 11 points.
 # - Bottleneck (50, 101, 152): with every block silent the network sees one
 #   stem pixel (the strided 1x1 projection shortcuts subsample it to 1x1x1)
-#   and did not learn at any lr; so only blocks with an identity shortcut
+#   and did not learn at any lr tried (0.001-0.02); so only blocks with an identity shortcut
 #   start silent. The 2048-wide head, unpooled at 1x1x1, memorizes each
 #   batch's noise (its logits move 4x more per step than depth 34's 512-wide
 #   head's), so it steps at 0.1x the lr: without that, lr 0.01 drove the
