@@ -146,7 +146,7 @@ def test_bfloat16_computes_convolutions_in_bf16_keeps_float32_state_and_learns()
              "label": rng.integers(0, 5, (1, 8)).astype(np.int32), "mask": np.ones((1, 8), np.float32),
              "bad": np.zeros((1, 8), np.int32)}
     for dtype in ("float32", "bfloat16"):
-        config = Config(variant="r2plus1d_18", dtype=dtype, clip_len=4, crop=16)
+        config = Config(variant="r2plus1d_10", dtype=dtype, clip_len=4, crop=16)
         model = loop.create_model(config, 5)
         variables = loop.initial_variables(config, model, 5)
         schedule = optim.learning_rate_fn(0.01, 10, 0, 1.0, (), 0.1)
