@@ -150,6 +150,8 @@ def test_demo_defaults_per_depth_and_block():
     assert fields(config("--variant", "r2plus1d_50")) == (12, (9,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r3d_152")) == (8, (6,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r3d_101")) == (10, (7.5,), 0.01, "identity", 0.1)
+    assert fields(config("--variant", "r2plus1d_101")) == (8, (6,), 0.02, "identity", 0.05)
+    assert fields(config("--variant", "r2plus1d_101", "--lr", "0.01")) == (8, (6,), 0.01, "identity", 0.05)
     assert config("--variant", "r2plus1d_10").epochs == 24
     assert config("--variant", "r2plus1d_34_ig65m").epochs == 20
     assert config("--variant", "r3d_34", "--zero-init-residual", "none").zero_init_residual == "none"
