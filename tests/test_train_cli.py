@@ -168,7 +168,7 @@ def test_demo_defaults_per_depth_and_block():
         Config(head_lr_scale=-1)
 
 
-# In float64: at initialization the gradients are large (norm ~350) and fp32
+# In float64: at initialization the gradients are large (norm ~350 at depth 18) and fp32
 # rounding of the statistics, summed in a different order over 4 devices,
 # moves the stem's update by ~1e-3 relative; float64 checks the computation.
 # Depth 10 has every BatchNorm of the (2+1)D models and compiles in half the

@@ -170,5 +170,6 @@ def test_bfloat16_computes_convolutions_in_bf16_keeps_float32_state_and_learns()
             losses.append(float(metrics["loss"][0]))
         leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state))
         assert {leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)} == {np.dtype(np.float32)}
-        # Both fit the batch (measured: 1.44 -> 0.02 in float32, 1.43 -> 0.017 in bfloat16).
+        # Both fit the batch (measured with r2plus1d_10: 1.463 -> 0.0071 in float32,
+        # 1.464 -> 0.0067 in bfloat16; 130 conv/matmul operands each).
         assert losses[-1] < 0.1 * losses[0], losses
