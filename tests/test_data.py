@@ -1,6 +1,7 @@
 """Datasets (TFDS builders without TensorFlow), clip decoding and the grain loader."""
 import csv
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -242,6 +243,27 @@ def test_train_batches_do_not_depend_on_workers_and_resume_exactly():
     for expected, got in zip(inline, first + rest):
         for key in expected:
             np.testing.assert_array_equal(expected[key], got[key])
+
+
+class _CountingSource(list):
+    reads = 0
+
+    def __getitem__(self, index):
+        type(self).reads += 1
+        return super().__getitem__(index)
+
+
+def test_the_loader_reads_only_a_few_batches_ahead():
+    # grain's default read-ahead is 500 elements (batches here): a whole
+    # demo run decoded at start-up, ~19 GB of Kinetics batches.
+    source = _CountingSource(_records())
+    batches = iter(loader.train_loader(source, SPEC, per_device_batch=2, epochs=50, seed=0))
+    next(batches)
+    reads, deadline = -1, time.monotonic() + 10
+    while reads != _CountingSource.reads and time.monotonic() < deadline:
+        reads = _CountingSource.reads
+        time.sleep(0.5)
+    assert 2 <= reads <= 2 * 8, reads  # the first batch, four ahead and two in flight, of 2 clips
 
 
 def test_processes_split_the_same_global_batch():
