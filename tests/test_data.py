@@ -277,6 +277,19 @@ def test_processes_split_the_same_global_batch():
         np.testing.assert_array_equal(joined, whole[step]["clip"])
 
 
+def test_an_endless_eval_loader_repeats_the_same_pass():
+    # The training loop keeps one eval loader (and its workers) for a run.
+    source = _records(count=5)
+    one_pass = list(loader.eval_loader(source, SPEC, per_device_batch=2, workers=2))
+    endless = iter(loader.eval_loader(source, SPEC, per_device_batch=2, workers=2, passes=None))
+    repeated = _take(endless, 3 * len(one_pass))
+    endless.close()
+    for k, got in enumerate(repeated):
+        expected = one_pass[k % len(one_pass)]
+        for key in expected:
+            np.testing.assert_array_equal(expected[key], got[key])
+
+
 def test_eval_takes_uniform_clips_of_whole_videos_per_process():
     source = _records(count=5)
     per_process = []

@@ -30,11 +30,12 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, config
 
 def restore(mngr: ocp.CheckpointManager, like_state, step: int | None = None):
     """(state, data iterator state) of `step` (default: the latest), or
-    None when there is no checkpoint."""
+    None when there is no checkpoint. `like_state` gives the structure,
+    shapes and dtypes (arrays or `jax.ShapeDtypeStruct`s)."""
     step = mngr.latest_step() if step is None else step
     if step is None:
         return None
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, jax.tree_util.tree_map(np.asarray, like_state))
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), like_state)
     restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                           data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]

@@ -4,7 +4,6 @@ it was trained with."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import sys
 
@@ -22,7 +21,7 @@ def main(argv=None) -> int:
 
     from train import checkpoints, data, steps
     from train.config import Config
-    from train.loop import create_model, create_optimizer, evaluate, format_metrics, initial_variables
+    from train.loop import Evaluator, abstract_variables, create_model, create_optimizer, format_metrics
 
     mngr = checkpoints.manager(args.workdir, keep=1_000_000)
     step = args.checkpoint or mngr.latest_step()
@@ -34,12 +33,14 @@ def main(argv=None) -> int:
     sources = data.sources(config, args.workdir)
     num_classes = config.num_classes or sources.num_classes
     model = create_model(config, num_classes)
-    # Fresh variables give the structure; the checkpoint gives the values.
-    variables = initial_variables(dataclasses.replace(config, init_from=None), model, num_classes)
+    # The model gives the structure; the checkpoint gives the values.
+    variables = abstract_variables(config, model)
     tx = create_optimizer(config, variables["params"], lambda step: 0.0)  # only its state's structure matters
-    state, _ = checkpoints.restore(mngr, steps.create_state(variables, tx), step)
+    state, _ = checkpoints.restore(mngr, jax.eval_shape(functools.partial(steps.create_state, tx=tx), variables), step)
     p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
-    result = evaluate(steps.replicate(state), p_eval, config, sources.validation, data.sharding(), True)
+    evaluator = Evaluator(config, sources.validation, data.sharding(), True)
+    result = evaluator(steps.replicate(state), p_eval)
+    evaluator.close()
     print(f"step {step}: " + format_metrics(result))
     return 0
 

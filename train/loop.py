@@ -44,6 +44,13 @@ def initial_variables(config: Config, model, num_classes: int):
     return variables
 
 
+def abstract_variables(config: Config, model):
+    """The model's variables as shapes and dtypes, without the ~30 s of an
+    eager init: enough to build the optimizer and restore a checkpoint."""
+    clip = jax.ShapeDtypeStruct((1, config.clip_len, config.crop, config.crop, 3), jnp.float32)
+    return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(config.seed), clip)
+
+
 def _fine_tune_start(config: Config, fresh, num_classes: int):
     """Pretrained weights with the head re-initialized when its size differs."""
     from flax_video.inference import load_weights
@@ -57,28 +64,39 @@ def _fine_tune_start(config: Config, fresh, num_classes: int):
     return pretrained
 
 
-def evaluate(pstate, eval_step, config: Config, validation, sharding: loader.Sharding, show: bool) -> dict:
-    """Clip and video accuracy on `validation` (summed over processes)."""
-    spec = data.eval_spec(config)
-    local_batch = config.per_device_batch * sharding.local_devices
-    batches = loader.eval_loader(validation, spec, per_device_batch=config.per_device_batch, sharding=sharding,
-                                 workers=config.workers)
-    total = len(loader.eval_items(len(validation), spec, local_batch, sharding)) // local_batch
-    accuracy = metrics.Accuracy()
-    bad = 0
-    for batch in tqdm(batches, total=total, desc="eval", disable=not show, leave=False):
-        scores = np.asarray(eval_step(pstate, {"clip": batch["clip"]}))
-        flat = lambda x: x.reshape(-1, *x.shape[2:])
-        accuracy.add(flat(scores), flat(batch["label"]), flat(batch["video"]), flat(batch["mask"]))
-        bad += int(batch["bad"].sum())
-    sums = np.append(accuracy.sums(), bad)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+class Evaluator:
+    """Clip and video accuracy on `validation` (summed over processes), one
+    pass of an endless loader per call: its worker processes start once per
+    run, not once per evaluation (~4 s of each of the demo's evaluations)."""
 
-        sums = np.asarray(multihost_utils.process_allgather(sums)).sum(0)
-    result = metrics.summarize(sums[:6])
-    result["bad_clips"] = int(sums[6])
-    return result
+    def __init__(self, config: Config, validation, sharding: loader.Sharding, show: bool):
+        spec = data.eval_spec(config)
+        local_batch = config.per_device_batch * sharding.local_devices
+        self.per_pass = len(loader.eval_items(len(validation), spec, local_batch, sharding)) // local_batch
+        self.show = show
+        self._batches = iter(loader.eval_loader(validation, spec, per_device_batch=config.per_device_batch,
+                                                sharding=sharding, workers=config.workers, passes=None))
+
+    def __call__(self, pstate, eval_step) -> dict:
+        accuracy = metrics.Accuracy()
+        bad = 0
+        for _ in tqdm(range(self.per_pass), desc="eval", disable=not self.show, leave=False):
+            batch = next(self._batches)
+            scores = np.asarray(eval_step(pstate, {"clip": batch["clip"]}))
+            flat = lambda x: x.reshape(-1, *x.shape[2:])
+            accuracy.add(flat(scores), flat(batch["label"]), flat(batch["video"]), flat(batch["mask"]))
+            bad += int(batch["bad"].sum())
+        sums = np.append(accuracy.sums(), bad)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            sums = np.asarray(multihost_utils.process_allgather(sums)).sum(0)
+        result = metrics.summarize(sums[:6])
+        result["bad_clips"] = int(sums[6])
+        return result
+
+    def close(self):
+        self._batches.close()
 
 
 def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
@@ -99,22 +117,20 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     schedule = optim.learning_rate_fn(base_lr, per_epoch, config.warmup_epochs, config.warmup_factor,
                                       config.milestones, config.gamma)
     model = create_model(config, num_classes)
-    variables = initial_variables(config, model, num_classes)
-    tx = create_optimizer(config, variables["params"], schedule)
-    state = steps.create_state(variables, tx)
+    abstract = abstract_variables(config, model)
+    tx = create_optimizer(config, abstract["params"], schedule)
 
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
-    restored = checkpoints.restore(mngr, state)
-    data_state = None
-    if restored is not None:
-        state, data_state = restored
-        print(f"resuming from step {int(state.step)} in {workdir}")
-    start = int(state.step)
-
+    restored = checkpoints.restore(mngr, jax.eval_shape(functools.partial(steps.create_state, tx=tx), abstract))
     train_iter = iter(loader.train_loader(sources.train, data.train_spec(config), per_device_batch=config.per_device_batch,
                                           epochs=config.epochs, seed=config.seed, sharding=sharding, workers=config.workers))
-    if data_state is not None:
+    if restored is not None:
+        state, data_state = restored
         train_iter.set_state(data_state)
+        print(f"resuming from step {int(state.step)} in {workdir}")
+    else:
+        state = steps.create_state(initial_variables(config, model, num_classes), tx)
+    start = int(state.step)
     p_train = jax.pmap(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule),
                        axis_name=steps.AXIS, donate_argnums=0)
     p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
@@ -127,10 +143,13 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
         pstate = p_sync(pstate)
         checkpoints.save(mngr, step, jax_utils.unreplicate(pstate), train_iter.get_state(), dataclasses.asdict(config))
 
+    evaluator = None
+
     def run_eval(step):
-        nonlocal pstate
+        nonlocal pstate, evaluator
         pstate = p_sync(pstate)
-        result = evaluate(pstate, p_eval, config, sources.validation, sharding, lead)
+        evaluator = evaluator or Evaluator(config, sources.validation, sharding, lead)
+        result = evaluator(pstate, p_eval)
         writer.write("eval", step, result)
         writer.plot()
         return result
@@ -172,6 +191,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
             last_eval = run_eval(total_steps)
     finally:
         bar.close()
+        if evaluator is not None:
+            evaluator.close()
         mngr.wait_until_finished()
         mngr.close()
         writer.close()

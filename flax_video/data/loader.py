@@ -190,13 +190,15 @@ def eval_items(num_videos: int, spec: ClipSpec, local_batch: int, sharding: Shar
     return items + [(-1, 0)] * (count - len(items))
 
 
-def eval_loader(source, spec: ClipSpec, *, per_device_batch: int, sharding: Sharding = Sharding(), workers: int = 0):
-    """Grain IterDataset of evaluation batches (see `eval_items`)."""
+def eval_loader(source, spec: ClipSpec, *, per_device_batch: int, sharding: Sharding = Sharding(), workers: int = 0,
+                passes: int | None = 1):
+    """Grain IterDataset of evaluation batches (see `eval_items`), `passes`
+    times over them (None: endlessly; each pass is the same batches)."""
     import grain
 
     local_batch = per_device_batch * sharding.local_devices
     items = eval_items(len(source), spec, local_batch, sharding)
-    dataset = (grain.MapDataset.source(items).map(EvalClips(source, spec, seed=0))
+    dataset = (grain.MapDataset.source(items).repeat(passes).map(EvalClips(source, spec, seed=0))
                .batch(local_batch, drop_remainder=True)
                .map(functools.partial(_to_devices, local_devices=sharding.local_devices)))
     return _iterable(dataset, workers)
