@@ -103,6 +103,16 @@ def probe_video(source: str | os.PathLike | bytes) -> VideoInfo:
         return VideoInfo(_fps(stream), count, first.height, first.width)
 
 
+def _rgb(frames) -> np.ndarray:
+    """uint8 (T, H, W, 3) of decoded frames. One reformatter for them all:
+    the same pixels as `frame.to_ndarray(format="rgb24")`, which sets up a
+    new one per frame (0.28 ms against 0.16 per 32x32 frame)."""
+    from av.video.reformatter import VideoReformatter
+
+    reformatter = VideoReformatter()
+    return np.stack([reformatter.reformat(frame, format="rgb24").to_ndarray() for frame in frames])
+
+
 def read_clip(source: str | os.PathLike | bytes, info: VideoInfo, start: int, clip_len: int,
               fps: float | None = None) -> np.ndarray:
     """Frames `start .. start + clip_len - 1` of the video resampled to `fps`
@@ -138,7 +148,7 @@ def read_clip(source: str | os.PathLike | bytes, info: VideoInfo, start: int, cl
     if not all(int(i) in frames for i in needed):
         video = read_video(source, fps)
         return take_clip(video.frames, start, clip_len)
-    return np.stack([frames[int(i)].to_ndarray(format="rgb24") for i in needed])
+    return _rgb([frames[int(i)] for i in needed])
 
 
 def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> Video:
@@ -166,7 +176,7 @@ def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> V
     keep = kept_frames(len(frames), source_fps, fps)
     if fps is None or fps >= source_fps:
         fps = source_fps
-    rgb = np.stack([frames[i].to_ndarray(format="rgb24") for i in keep])
+    rgb = _rgb([frames[i] for i in keep])
     return Video(rgb, fps, source_fps, len(frames))
 
 
