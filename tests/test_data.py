@@ -249,7 +249,7 @@ class _CountingSource(list):
     reads = 0
 
     def __getitem__(self, index):
-        type(self).reads += 1
+        self.reads += 1
         return super().__getitem__(index)
 
 
@@ -260,8 +260,8 @@ def test_the_loader_reads_only_a_few_batches_ahead():
     batches = iter(loader.train_loader(source, SPEC, per_device_batch=2, epochs=50, seed=0))
     next(batches)
     reads, deadline = -1, time.monotonic() + 10
-    while reads != _CountingSource.reads and time.monotonic() < deadline:
-        reads = _CountingSource.reads
+    while reads != source.reads and time.monotonic() < deadline:
+        reads = source.reads
         time.sleep(0.5)
     assert 2 <= reads <= 2 * 8, reads  # the first batch, four ahead and two in flight, of 2 clips
 

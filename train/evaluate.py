@@ -21,7 +21,7 @@ def main(argv=None) -> int:
 
     from train import checkpoints, data, steps
     from train.config import Config
-    from train.loop import Evaluator, abstract_variables, create_model, create_optimizer, format_metrics
+    from train.loop import Evaluator, create_model, format_metrics, optimizer_and_restore_target
 
     mngr = checkpoints.manager(args.workdir, keep=1_000_000)
     step = args.checkpoint or mngr.latest_step()
@@ -33,10 +33,10 @@ def main(argv=None) -> int:
     sources = data.sources(config, args.workdir)
     num_classes = config.num_classes or sources.num_classes
     model = create_model(config, num_classes)
-    # The model gives the structure; the checkpoint gives the values.
-    variables = abstract_variables(config, model)
-    tx = create_optimizer(config, variables["params"], lambda step: 0.0)  # only its state's structure matters
-    state, _ = checkpoints.restore(mngr, jax.eval_shape(functools.partial(steps.create_state, tx=tx), variables), step)
+    # The model gives the structure; the checkpoint gives the values. Only
+    # the optimizer state's structure matters, so its schedule is a stand-in.
+    _, target = optimizer_and_restore_target(config, model, lambda step: 0.0)
+    state, _ = checkpoints.restore(mngr, target, step)
     p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
     evaluator = Evaluator(config, sources.validation, data.sharding(), True)
     result = evaluator(steps.replicate(state), p_eval)

@@ -44,11 +44,13 @@ def initial_variables(config: Config, model, num_classes: int):
     return variables
 
 
-def abstract_variables(config: Config, model):
-    """The model's variables as shapes and dtypes, without the ~30 s of an
-    eager init: enough to build the optimizer and restore a checkpoint."""
+def optimizer_and_restore_target(config: Config, model, schedule):
+    """The optimizer, and the train state as shapes and dtypes to restore a
+    checkpoint into, without the ~30 s of an eager init."""
     clip = jax.ShapeDtypeStruct((1, config.clip_len, config.crop, config.crop, 3), jnp.float32)
-    return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(config.seed), clip)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(config.seed), clip)
+    tx = create_optimizer(config, variables["params"], schedule)
+    return tx, jax.eval_shape(functools.partial(steps.create_state, tx=tx), variables)
 
 
 def _fine_tune_start(config: Config, fresh, num_classes: int):
@@ -117,11 +119,10 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     schedule = optim.learning_rate_fn(base_lr, per_epoch, config.warmup_epochs, config.warmup_factor,
                                       config.milestones, config.gamma)
     model = create_model(config, num_classes)
-    abstract = abstract_variables(config, model)
-    tx = create_optimizer(config, abstract["params"], schedule)
+    tx, target = optimizer_and_restore_target(config, model, schedule)
 
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
-    restored = checkpoints.restore(mngr, jax.eval_shape(functools.partial(steps.create_state, tx=tx), abstract))
+    restored = checkpoints.restore(mngr, target)
     train_iter = iter(loader.train_loader(sources.train, data.train_spec(config), per_device_batch=config.per_device_batch,
                                           epochs=config.epochs, seed=config.seed, sharding=sharding, workers=config.workers))
     if restored is not None:
