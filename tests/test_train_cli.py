@@ -144,7 +144,7 @@ def test_demo_defaults_per_depth_and_block():
         return from_args(parser().parse_args(list(flags)))
 
     fields = lambda c: (c.epochs, c.milestones, c.lr, c.zero_init_residual, c.head_lr_scale)
-    assert fields(config("--variant", "r2plus1d")) == (24, (12,), 0.003, "none", 1.0)
+    assert fields(config("--variant", "r2plus1d")) == (16, (12,), 0.003, "none", 1.0)
     assert fields(config("--variant", "r3d_34")) == (20, (10,), 0.02, "all", 1.0)
     assert fields(config("--variant", "mc3_34")) == (24, (12,), 0.02, "all", 1.0)
     assert fields(config("--variant", "r2plus1d_50")) == (12, (9,), 0.01, "identity", 0.1)
@@ -152,12 +152,13 @@ def test_demo_defaults_per_depth_and_block():
     assert fields(config("--variant", "r3d_101")) == (10, (7.5,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r2plus1d_101")) == (8, (6,), 0.02, "identity", 0.05)
     assert fields(config("--variant", "r2plus1d_101", "--lr", "0.01")) == (8, (6,), 0.01, "identity", 0.05)
-    assert config("--variant", "r2plus1d_10").epochs == 24
+    assert config("--variant", "r2plus1d_10").epochs == 16
     assert config("--variant", "r2plus1d_34_ig65m").epochs == 20
     assert config("--variant", "r3d_34", "--zero-init-residual", "none").zero_init_residual == "none"
     assert config("--variant", "r3d_50", "--head-lr-scale", "1").head_lr_scale == 1.0
     assert config("--variant", "mc3_101", "--epochs", "6").milestones == (4.5,)  # 3/4 of the way
     assert config("--variant", "mc3_34", "--epochs", "6").milestones == (3,)  # halfway
+    assert config("--variant", "r3d", "--epochs", "8").milestones == (6,)  # 3/4 of the way
     assert config("--variant", "mc3", "--milestones", "2", "5").milestones == (2, 5)
     kinetics = config("--dataset", "kinetics400", "--data-dir", "x", "--variant", "r2plus1d_50")
     assert fields(kinetics)[:2] + fields(kinetics)[3:] == (45, (20, 30, 40), "none", 1.0)

@@ -72,9 +72,11 @@ class Config:
 
 
 # The demo: motion_shapes (32x32 frames), clips of 8 frames resized to 20 and
-# cropped to 16, 24 epochs, x0.1 halfway (`demo_defaults` sets the
-# milestone). Measured on 2 CPU cores: train/DEMO.md.
-DEMO = dict(epochs=24, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=8,
+# cropped to 16, 16 epochs, x0.1 at 3/4 of them (`decay_at`; depth 34 and up
+# decay at their own point). Measured on 2 CPU cores: train/DEMO.md.
+# - 16 epochs, not 24: on a 2-core AMD VM 24 took 11-12 minutes, and with the
+#   drop at epoch 12 each depth-18 variant was at 94-98% by epoch 16.
+DEMO = dict(epochs=16, decay_at=3 / 4, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=8,
             clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=100,
             eval_every_epochs=2)
 # Depth 34 and up evaluate every 4 epochs and start residual branches
@@ -92,13 +94,12 @@ DEMO = dict(epochs=24, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=
 #   loss to 5.7.
 # Measured: train/DEMO.md.
 DEMO_DEEP = dict(eval_every_epochs=4)
-DEMO_OF_BLOCK = {blocks.BasicBlock: dict(zero_init_residual="all", lr=0.02),
-                 blocks.Bottleneck: dict(zero_init_residual="identity", lr=0.01, head_lr_scale=0.1)}
+# When the lr drops x0.1, as a fraction of the epochs: the Bottleneck depths
+# still learn fast at the full rate at mid-run (mc3_50 ended at 88% with the
+# drop at epoch 6 of 12, at 97% with it at 9).
+DEMO_OF_BLOCK = {blocks.BasicBlock: dict(zero_init_residual="all", lr=0.02, decay_at=1 / 2),
+                 blocks.Bottleneck: dict(zero_init_residual="identity", lr=0.01, head_lr_scale=0.1, decay_at=3 / 4)}
 DEMO_EPOCHS = {34: 20, 50: 12, 101: 8, 152: 8}
-# When the lr drops x0.1, as a fraction of the epochs. The Bottleneck depths
-# still learn fast at the full rate at mid-run: mc3_50 ended at 88% with
-# the drop at epoch 6 of 12, at 97% with it at 9.
-DEMO_DECAY_AT = {blocks.BasicBlock: 1 / 2, blocks.Bottleneck: 3 / 4}
 # Measured overrides for single variants:
 # - mc3_34 and r3d_101 step fast enough for more of their depth's slow
 #   learning: mc3_34 reached 86% after 20 epochs, 92% after 24 (7m53s);
@@ -111,8 +112,8 @@ DEMO_OF_VARIANT = {"mc3_34": dict(epochs=24), "r3d_101": dict(epochs=10),
 
 
 def demo_defaults(variant: str, epochs: int | None = None) -> dict:
-    """DEMO for `variant`'s depth, with the lr decay halfway (3/4 of the way
-    for Bottleneck depths) through `epochs` (default: the depth's)."""
+    """DEMO for `variant`'s depth, with the lr decay at its `decay_at`
+    fraction of `epochs` (default: the depth's)."""
     name = full_variant(variant)
     spec = registry.get_spec(name)
     if spec.depth in DEMO_EPOCHS:
@@ -120,8 +121,10 @@ def demo_defaults(variant: str, epochs: int | None = None) -> dict:
                 **DEMO_OF_VARIANT.get(name, {})}
     else:
         base = DEMO
+    base = dict(base)
+    decay_at = base.pop("decay_at")
     epochs = epochs or base["epochs"]
-    return {**base, "epochs": epochs, "milestones": (epochs * DEMO_DECAY_AT[spec.block],)}
+    return {**base, "epochs": epochs, "milestones": (epochs * decay_at,)}
 
 
 HELP = {
