@@ -162,6 +162,9 @@ def test_demo_defaults_per_depth_and_block():
     assert config("--variant", "mc3", "--milestones", "2", "5").milestones == (2, 5)
     kinetics = config("--dataset", "kinetics400", "--data-dir", "x", "--variant", "r2plus1d_50")
     assert fields(kinetics)[:2] + fields(kinetics)[3:] == (45, (20, 30, 40), "none", 1.0)
+    # The demo decodes in the main process and saves at epoch ends only.
+    demo = config("--variant", "r2plus1d_101")
+    assert (demo.workers, demo.checkpoint_every, kinetics.workers, kinetics.checkpoint_every) == (0, 1000, 2, 200)
     # Configs saved before the zero-init modes existed hold bools.
     assert Config(zero_init_residual=True).zero_init_residual == "all"
     assert Config(zero_init_residual=False).zero_init_residual == "none"

@@ -76,9 +76,14 @@ class Config:
 # decay at their own point). Measured on 2 CPU cores: train/DEMO.md.
 # - 16 epochs, not 24: on a 2-core AMD VM 24 took 11-12 minutes, and with the
 #   drop at epoch 12 each depth-18 variant was at 94-98% by epoch 16.
+# - Checkpoints at epoch ends only (an epoch is 31 steps): at depth 101 each
+#   save costs 5-9 s of the 2 cores.
+# - No loader worker processes: decoding the demo's 20x20 clips in the main
+#   process's threads steps as fast, and grain's close of the endless eval
+#   loader's worker waited 25 s (its kill timeout) at the end of most runs.
 DEMO = dict(epochs=16, decay_at=3 / 4, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=8,
-            clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=100,
-            eval_every_epochs=2)
+            clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=1000,
+            eval_every_epochs=2, workers=0)
 # Depth 34 and up evaluate every 4 epochs and start residual branches
 # silent, so that fewer, faster-learning epochs fit in 10 minutes.
 # - BasicBlock (34): at lr 0.003 r2plus1d_34 learned half as fast as depth
