@@ -80,7 +80,7 @@ class Config:
 #   save costs 5-9 s of the 2 cores.
 # - No loader worker processes: decoding the demo's 20x20 clips in the main
 #   process's threads steps as fast, and grain's close of the endless eval
-#   loader's worker waited 25 s (its kill timeout) at the end of most runs.
+#   loader's worker waited 25 s (its kill timeout) at the end of many runs.
 DEMO = dict(epochs=16, decay_at=3 / 4, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=8,
             clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=1000,
             eval_every_epochs=2, workers=0)

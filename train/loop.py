@@ -103,6 +103,8 @@ class Evaluator:
         return result
 
     def close(self):
+        # With worker processes this often waits grain's 25 s kill timeout
+        # (the worker's queue feeder stays blocked; train/DEMO.md).
         self._batches.close()
 
 
