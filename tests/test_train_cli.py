@@ -122,6 +122,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(finished):
     (["--dataset", "imagenet"], "unknown dataset"),
     (["--dtype", "float16"], "float32 or bfloat16"),
     (["--zero-init-residual", "stages"], "invalid choice: 'stages'"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every must be at least 0"),
+    (["--eval-every-epochs", "0"], "--eval-every-epochs must be positive"),
 ])
 def test_bad_flags_fail_at_once(args, message, tmp_path):
     start = time.time()
@@ -164,12 +166,24 @@ def test_demo_defaults_per_depth_and_block():
     assert fields(kinetics)[:2] + fields(kinetics)[3:] == (45, (20, 30, 40), "none", 1.0)
     # The demo decodes in the main process and saves at epoch ends only.
     demo = config("--variant", "r2plus1d_101")
-    assert (demo.workers, demo.checkpoint_every, kinetics.workers, kinetics.checkpoint_every) == (0, 1000, 2, 200)
+    assert (demo.workers, demo.checkpoint_every, kinetics.workers, kinetics.checkpoint_every) == (0, 0, 2, 200)
     # Configs saved before the zero-init modes existed hold bools.
     assert Config(zero_init_residual=True).zero_init_residual == "all"
     assert Config(zero_init_residual=False).zero_init_residual == "none"
     with pytest.raises(ValueError, match="--head-lr-scale must be at least 0"):
         Config(head_lr_scale=-1)
+
+
+def test_checkpoints_every_n_steps_at_epoch_ends_and_the_last_step():
+    from train.loop import saves_at
+
+    # 5 steps an epoch, 12 in all (a --max-steps run ends mid-epoch).
+    def saved(every):
+        return [done for done in range(1, 13) if saves_at(done, 5, 12, every)]
+
+    assert saved(0) == [5, 10, 12]
+    assert saved(4) == [4, 5, 8, 10, 12]
+    assert saved(1) == list(range(1, 13))
 
 
 # In float64: at initialization the gradients are large (norm ~350 at depth 18) and fp32

@@ -67,6 +67,11 @@ class Config:
             raise ValueError("--per-device-batch must be positive")
         if self.head_lr_scale < 0:
             raise ValueError(f"--head-lr-scale must be at least 0, not {self.head_lr_scale}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"--checkpoint-every must be at least 0 (0: at epoch ends only), not {self.checkpoint_every}")
+        for name in ("log_every", "eval_every_epochs", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         # Also maps the bools of configs saved before the modes existed.
         self.zero_init_residual = blocks.zero_init_mode(self.zero_init_residual)
 
@@ -82,7 +87,7 @@ class Config:
 #   process's threads steps as fast, and grain's close of the endless eval
 #   loader's worker waited 25 s (its kill timeout) at the end of many runs.
 DEMO = dict(epochs=16, decay_at=3 / 4, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=8,
-            clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=1000,
+            clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=0,
             eval_every_epochs=2, workers=0)
 # Depth 34 and up evaluate every 4 epochs and start residual branches
 # silent, so that fewer, faster-learning epochs fit in 10 minutes.
@@ -164,7 +169,7 @@ HELP = {
     "workers": "data-loader worker processes (0: in the main process)",
     "init_from": "start from these weights: a converted directory, or a torchvision .pth/.safetensors file",
     "num_classes": "classifier size (default: the dataset's); a different size re-initializes the head",
-    "checkpoint_every": "save a checkpoint every this many steps (and at each epoch end)",
+    "checkpoint_every": "save a checkpoint every this many steps and at each epoch end (0: at epoch ends only)",
     "keep_checkpoints": "how many recent checkpoints to keep",
     "log_every": "write training metrics every this many steps",
     "eval_every_epochs": "evaluate every this many epochs (and at the end)",

@@ -108,6 +108,12 @@ class Evaluator:
         self._batches.close()
 
 
+def saves_at(done: int, per_epoch: int, total_steps: int, every: int) -> bool:
+    """Whether to checkpoint after `done` steps: each epoch end, the last
+    step, and every `every` steps (0: no others)."""
+    return done % per_epoch == 0 or done == total_steps or (every > 0 and done % every == 0)
+
+
 def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +199,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
             if epoch_end and ((done // per_epoch) % config.eval_every_epochs == 0) and done != total_steps:
                 last_eval = run_eval(done)
                 bar.write(f"epoch {done // per_epoch}: " + format_metrics(last_eval))
-            if done % config.checkpoint_every == 0 or epoch_end or done == total_steps:
+            if saves_at(done, per_epoch, total_steps, config.checkpoint_every):
                 save(done)
         if start < total_steps or not last_eval:
             last_eval = run_eval(total_steps)
