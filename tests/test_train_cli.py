@@ -162,6 +162,9 @@ def test_demo_defaults_per_depth_and_block():
     assert config("--variant", "mc3_34", "--epochs", "6").milestones == (3,)  # halfway
     assert config("--variant", "r3d", "--epochs", "8").milestones == (6,)  # 3/4 of the way
     assert config("--variant", "mc3", "--milestones", "2", "5").milestones == (2, 5)
+    # Flags take their field's type, not its default's (`fps: float = 15`).
+    fractional = config("--fps", "7.5", "--warmup-epochs", "0.5", "--milestones", "2.5")
+    assert (fractional.fps, fractional.warmup_epochs, fractional.milestones) == (7.5, 0.5, (2.5,))
     kinetics = config("--dataset", "kinetics400", "--data-dir", "x", "--variant", "r2plus1d_50")
     assert fields(kinetics)[:2] + fields(kinetics)[3:] == (45, (20, 30, 40), "none", 1.0)
     # The demo decodes in the main process and saves at epoch ends only.

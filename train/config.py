@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 from flax_video import blocks, registry
@@ -190,21 +191,21 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m train.main", description="Train a video ResNet (torchvision's recipe) with pmap.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     result.add_argument("--workdir", default="runs/demo", help="checkpoints, metrics and plots go here; rerun to resume")
-    defaults = Config()
+    hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
         if f.name == "motion_shapes":
             result.add_argument("--motion-shapes", nargs="+", default=None, metavar="KEY=VALUE",
                                 help="motion_shapes size: train_videos, validation_videos, frames, size, fps, seed")
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
+        hint = hints[f.name]
+        if hint is bool:
             result.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
-        elif isinstance(default, tuple):
-            result.add_argument(flag, type=type(default[0]), nargs="+", default=None, help=HELP[f.name])
+        elif typing.get_origin(hint) is tuple:
+            result.add_argument(flag, type=typing.get_args(hint)[0], nargs="+", default=None, help=HELP[f.name])
         else:
-            kind = {"data_dir": str, "tfds_dir": str, "init_from": str, "short_side": int,
-                    "num_classes": int, "max_steps": int}.get(f.name, type(default))
+            # The annotation, not the default's type: `fps: float = 15` takes 7.5.
+            kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
             choices = blocks.ZERO_INIT_MODES if f.name == "zero_init_residual" else None
             result.add_argument(flag, type=kind, default=None, choices=choices, help=HELP[f.name])
     result.add_argument("--coordinator-address", help="multi-host: host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
