@@ -155,6 +155,10 @@ def test_demo_defaults_per_depth_and_block():
     assert fields(config("--variant", "r2plus1d_101")) == (8, (6,), 0.02, "identity", 0.05)
     assert fields(config("--variant", "r2plus1d_101", "--lr", "0.01")) == (8, (6,), 0.01, "identity", 0.05)
     assert config("--variant", "r2plus1d_10").epochs == 16
+    clips = lambda c: (c.clip_len, c.fps)
+    assert [clips(config("--variant", v)) for v in ("r3d", "mc3_50", "r2plus1d_101", "mc3_152")] == [
+        (8, 15), (8, 15), (4, 7.5), (4, 7.5)]
+    assert clips(config("--variant", "r3d_101", "--clip-len", "8")) == (8, 7.5)
     assert config("--variant", "r2plus1d_34_ig65m").epochs == 20
     assert config("--variant", "r3d_34", "--zero-init-residual", "none").zero_init_residual == "none"
     assert config("--variant", "r3d_50", "--head-lr-scale", "1").head_lr_scale == 1.0
