@@ -24,3 +24,35 @@ def test_user_choice_is_kept_and_late_import_warns():
     late = run("import jax; jax.numpy.ones(1); import os, flax_video; print(os.environ.get('XLA_FLAGS'))")
     assert "JAX started before flax_video was imported" in late.stderr
     assert late.stdout.strip() == "None"
+
+
+# malloc, touch and free a 256 MiB block three times: without the tuning
+# each round faults its 65,536 pages in again.
+FAULTS_PER_ROUND = r"""
+import ctypes, resource, sys
+from flax_video import host_memory
+if sys.argv[1] == "keep":
+    assert host_memory.keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+size = 256 << 20
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(ctypes.c_size_t(size))
+    ctypes.memset(block, 1, size)
+    libc.free(ctypes.c_void_p(block))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
+"""
+
+
+def test_keep_freed_memory_stops_refaulting_a_freed_block():
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS_PER_ROUND, mode], capture_output=True, text=True, check=True)
+        return [int(n) for n in out.stdout.split()]
+
+    default, kept = faults("default"), faults("keep")
+    pages = (256 << 20) // 4096
+    assert min(default[1:]) > pages // 2, default  # munmap'd and faulted in again
+    assert max(kept[1:]) < pages // 100, kept  # the same heap memory, reused
