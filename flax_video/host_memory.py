@@ -4,10 +4,10 @@ faulted in again on every step.
 XLA:CPU mallocs each execution's temporary buffer and frees it afterwards
 (1.27 GB for r2plus1d_101's demo train step). glibc serves blocks over 32 MB
 with mmap and gives them back with munmap, so every step touches fresh pages:
-~200,000 page faults and ~0.8 s of kernel time per step on 2 cores, and the
-step took 1.3 s instead of 0.91 (train/DEMO.md). One malloc arena that never
-uses mmap keeps freed blocks for the next step; more threads then share one
-arena lock, which did not slow the demo.
+~200,000 page faults and ~0.8 s of kernel time per step on 2 cores, and
+the step took 1.28-1.50 s instead of 0.91 (train/DEMO.md). One malloc
+arena that never uses mmap keeps freed blocks for the next step; threads
+then share one arena lock, which did not slow the demo.
 
 It is process-wide, so the entry points (`train.main`, `train.evaluate`,
 `flax_video.predict`, `flax_video.extract`) call it, not `import flax_video`.
