@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from flax_video import host_memory
 from flax_video.inference import add_model_arguments, jitted_model, load_weights, video_clips
 from flax_video.video import VideoDecodeError
 
@@ -65,7 +64,6 @@ def save_atomically(path: Path, **arrays) -> None:
 
 
 def main(argv=None) -> int:
-    host_memory.keep_freed_memory()  # before JAX starts its threads
     parser = argparse.ArgumentParser(prog="python -m flax_video.extract", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)

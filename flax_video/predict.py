@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 
-from flax_video import host_memory
 from flax_video.inference import add_model_arguments, jitted_model, load_weights, video_clips
 from flax_video.labels import KINETICS400_CLASSES
 from flax_video.video import VideoDecodeError
@@ -31,7 +30,6 @@ def class_names(num_classes: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    host_memory.keep_freed_memory()  # before JAX starts its threads
     parser = argparse.ArgumentParser(prog="python -m flax_video.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("videos", nargs="+", metavar="VIDEO")

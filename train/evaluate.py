@@ -8,11 +8,9 @@ import functools
 import sys
 
 import flax_video  # noqa: F401  (XLA:CPU flags before JAX starts)
-from flax_video import host_memory
 
 
 def main(argv=None) -> int:
-    host_memory.keep_freed_memory()  # before JAX starts its threads
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
     parser.add_argument("--workdir", required=True, help="a training workdir")
     parser.add_argument("--checkpoint", type=int, help="step to evaluate (default: the latest)")

@@ -24,10 +24,7 @@ def _initialize_distributed(args) -> None:
 
 
 def main(argv=None) -> int:
-    from flax_video import host_memory
     from train import config as config_lib, data
-
-    host_memory.keep_freed_memory()  # before JAX starts its threads
 
     args = config_lib.parser().parse_args(argv)
     try:
