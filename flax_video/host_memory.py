@@ -7,7 +7,7 @@ with mmap and gives them back with munmap, so every step touches fresh pages:
 ~200,000 page faults and ~0.8 s of kernel time per step on 2 cores, and
 the step took 1.28-1.50 s instead of 0.91 (train/DEMO.md). One malloc
 arena that never uses mmap keeps freed blocks for the next step; threads
-then share one arena lock, which did not slow the demo.
+then share one arena lock.
 
 Opt-in, because it is process-wide and its end-to-end gain is not settled:
 the train step alone ran ~30% faster, paired training-loop runs 8-20% faster
