@@ -115,6 +115,7 @@ def test_demo_defaults_per_depth_and_block():
     assert fields(config("--variant", "r2plus1d_50")) == (12, (9,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r3d_152")) == (8, (6,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r3d_101")) == (10, (7.5,), 0.01, "identity", 0.1)
+    assert fields(config("--variant", "mc3_101")) == (12, (9,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r2plus1d_101")) == (8, (6,), 0.02, "identity", 0.05)
     assert fields(config("--variant", "r2plus1d_101", "--lr", "0.01")) == (8, (6,), 0.01, "identity", 0.05)
     assert config("--variant", "r2plus1d_10").epochs == 16
