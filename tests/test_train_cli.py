@@ -87,6 +87,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(finished):
     (["--zero-init-residual", "stages"], "invalid choice: 'stages'"),
     (["--checkpoint-every", "-1"], "--checkpoint-every must be at least 0"),
     (["--eval-every-epochs", "0"], "--eval-every-epochs must be positive"),
+    (["--per-device-batch", "0"], "--per-device-batch must be positive, not 0"),
 ])
 def test_bad_flags_fail_at_once(args, message, tmp_path):
     start = time.time()

@@ -64,13 +64,11 @@ class Config:
         self.milestones, self.resize = tuple(self.milestones), tuple(self.resize)
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"--dtype must be float32 or bfloat16, not {self.dtype}")
-        if self.per_device_batch < 1:
-            raise ValueError("--per-device-batch must be positive")
         if self.head_lr_scale < 0:
             raise ValueError(f"--head-lr-scale must be at least 0, not {self.head_lr_scale}")
         if self.checkpoint_every < 0:
             raise ValueError(f"--checkpoint-every must be at least 0 (0: at epoch ends only), not {self.checkpoint_every}")
-        for name in ("log_every", "eval_every_epochs", "keep_checkpoints"):
+        for name in ("per_device_batch", "log_every", "eval_every_epochs", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         # Also maps the bools of configs saved before the modes existed.
