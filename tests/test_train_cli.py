@@ -68,7 +68,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(finished):
     work = base / "nan"
     shutil.copytree(base / "whole", work)
     _, before = saved_params(work, 10)
-    result = run_train([*TINY, "--epochs", "3", "--lr", "1e30", "--tfds-dir", str(base / "tfds"), "--workdir", str(work)])
+    result = run_train([*TINY, "--epochs", "3", "--lr", "1e30", "--tfds-dir", str(base / "tfds"),
+                        "--workdir", str(work)])
     assert result.returncode == 1
     # Step 11 computes a finite loss and the huge update; step 12's loss is NaN.
     assert "non-finite loss" in result.stderr and "at step 12" in result.stderr, result.stderr[-2000:]
@@ -182,7 +183,7 @@ def test_fine_tune_from_a_torchvision_file_reinitializes_the_head(finished, tmp_
     torch.save(net.state_dict(), tmp_path / "mc3_18.pth")
     work = tmp_path / "fine"
     result = run_train([*TINY, "--init-from", str(tmp_path / "mc3_18.pth"), "--max-steps", "1", "--lr", "0",
-                   "--weight-decay", "0", "--tfds-dir", str(base / "tfds"), "--workdir", str(work)])
+                        "--weight-decay", "0", "--tfds-dir", str(base / "tfds"), "--workdir", str(work)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "re-initializing the classifier for 5 classes (pretrained: 400)" in result.stdout
     _, state = saved_params(work)
