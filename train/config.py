@@ -108,12 +108,12 @@ DEMO_DEEP = dict(eval_every_epochs=4)
 # drop at epoch 6 of 12, at 97% with it at 9).
 DEMO_OF_BLOCK = {blocks.BasicBlock: dict(zero_init_residual="all", lr=0.02, decay_at=1 / 2),
                  blocks.Bottleneck: dict(zero_init_residual="identity", lr=0.01, head_lr_scale=0.1, decay_at=3 / 4)}
-# Depth 34 and up see 4 frames at 7.5 fps: the same span of the video as
+# Depths 34, 101 and 152 see 4 frames at 7.5 fps: the same span of the video as
 # 8 at 15 fps for half the frames. r2plus1d_101 steps ~30% faster and
 # learned faster (75% after 4 epochs, against 69%; 4 frames at 15 fps, half
 # the motion: 46%). Depth 34 with 8 frames needed 20 epochs (24 for mc3_34)
 # and ~8 minutes on the Intel VM, which steps ~2x faster than the AMD VM;
-# with 4, 16 epochs (20 for mc3_34) pass on the AMD VM in 6.5-7.5 minutes.
+# with 4, 16 epochs (20 for mc3_34) pass on the AMD VM in 6m21s-7m54s.
 SHORT_CLIPS = dict(clip_len=4, fps=7.5)
 DEMO_OF_DEPTH = {34: dict(epochs=16, **SHORT_CLIPS), 50: dict(epochs=12), 101: dict(epochs=8, **SHORT_CLIPS),
                  152: dict(epochs=8, **SHORT_CLIPS)}
