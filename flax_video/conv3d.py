@@ -143,11 +143,37 @@ def choose(input_shape, kernel_shape, strides: Triple, padding: Triple, backend:
     return "im2col" if pixels <= IM2COL_MAX_PIXELS_3D else "sum2d"
 
 
+def live_taps(size: int, k: int, stride: int, pad: int) -> tuple[int, int, int]:
+    """`(lo, hi, pad')`: along one axis, only kernel offsets lo..hi-1 ever meet
+    the input; the others multiply padding zeros at every output. The conv
+    with just those taps and symmetric padding pad' is the same conv, where
+    the output count allows it (else `(0, k, pad)`)."""
+    outputs = (size + 2 * pad - k) // stride + 1
+    lo, hi = max(0, pad - (outputs - 1) * stride), min(k, size + pad)
+    if (size + 2 * (pad - lo) - (hi - lo)) // stride + 1 != outputs:
+        return 0, k, pad
+    return lo, hi, pad - lo
+
+
+def drop_dead_taps(input_shape, kernel, strides: Triple, padding: Triple):
+    """The kernel without the taps that meet only zero padding, and the
+    padding left. On small frames this is much of the work: at 1x1 pixels a
+    3x3 conv is its centre tap, and at one frame a 3x1x1 conv is pointwise
+    (the demo's layer4, and layer3 with 4-frame clips). The dropped taps'
+    gradient is exactly zero either way."""
+    (t0, t1, pt), (h0, h1, ph), (w0, w1, pw) = (
+        live_taps(*args) for args in zip(input_shape[1:4], kernel.shape[:3], strides, padding))
+    return kernel[t0:t1, h0:h1, w0:w1], (pt, ph, pw)
+
+
 def conv3d(x, kernel, strides: Triple, padding: Triple, lowering: str | None = None):
     """Conv over (N, T, H, W, C) with a (kt, kh, kw, in, out) kernel and
-    PyTorch-style symmetric zero padding `(pt, ph, pw)`."""
+    PyTorch-style symmetric zero padding `(pt, ph, pw)`. Without an explicit
+    `lowering`, taps that meet only padding are dropped first and the
+    fastest lowering for the backend computes the rest."""
     strides, padding = tuple(strides), tuple(padding)
     if lowering is None:
+        kernel, padding = drop_dead_taps(x.shape, kernel, strides, padding)
         lowering = choose(x.shape, kernel.shape, strides, padding, jax.default_backend())
     if lowering not in LOWERINGS or not applicable(lowering, kernel.shape, padding):
         raise ValueError(f"lowering {lowering!r} does not apply to kernel "

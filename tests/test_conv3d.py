@@ -48,3 +48,46 @@ def test_inapplicable_lowering_is_refused():
     with pytest.raises(ValueError, match="temporal2d.*does not apply"):
         conv3d.conv3d(jnp.zeros((1, 3, 4, 4, 2)), jnp.zeros((3, 3, 3, 2, 2)),
                       (1, 1, 1), (1, 1, 1), "temporal2d")
+
+
+@pytest.mark.parametrize("size,k,stride,pad,expected", [
+    (1, 3, 1, 1, (1, 2, 0)),   # one pixel: the centre tap
+    (1, 3, 2, 1, (1, 2, 0)),
+    (2, 3, 2, 1, (1, 3, 0)),   # stride 2 over 2: the first tap meets only padding
+    (2, 3, 1, 1, (0, 3, 1)),   # every tap meets the input somewhere
+    (2, 7, 2, 3, (3, 5, 0)),
+    (8, 3, 1, 1, (0, 3, 1)),
+    (1, 1, 1, 0, (0, 1, 0)),
+])
+def test_live_taps(size, k, stride, pad, expected):
+    assert conv3d.live_taps(size, k, stride, pad) == expected
+
+
+TINY = [  # kernel, strides, padding, input: taps that meet only padding
+    ((3, 3, 3), (1, 1, 1), (1, 1, 1), (2, 1, 1, 1, 8)),
+    ((3, 3, 3), (2, 2, 2), (1, 1, 1), (2, 2, 2, 2, 8)),
+    ((3, 3, 3), (1, 1, 1), (1, 1, 1), (2, 1, 2, 2, 8)),
+    ((1, 3, 3), (1, 1, 1), (0, 1, 1), (2, 4, 1, 1, 8)),
+    ((3, 1, 1), (1, 1, 1), (1, 0, 0), (2, 1, 2, 2, 8)),
+    ((3, 1, 1), (2, 1, 1), (1, 0, 0), (2, 2, 2, 2, 8)),
+    ((3, 7, 7), (1, 2, 2), (1, 3, 3), (2, 1, 2, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("kernel_size,strides,padding,shape", TINY)
+def test_dropping_dead_taps_keeps_the_conv_and_its_gradients(kernel_size, strides, padding, shape):
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, shape)
+    kernel = jax.random.normal(kk, (*kernel_size, shape[-1], 6))
+    trimmed, _ = conv3d.drop_dead_taps(shape, kernel, strides, padding)
+    assert trimmed.size < kernel.size
+    native = lambda x, kernel: conv3d.conv3d(x, kernel, strides, padding, "native")
+    auto = jax.jit(lambda x, kernel: conv3d.conv3d(x, kernel, strides, padding))
+    expected = native(x, kernel)
+    np.testing.assert_allclose(auto(x, kernel), expected, rtol=1e-5, atol=1e-5)
+    cotangent = jax.random.normal(kg, expected.shape)
+    grads = lambda f: jax.vjp(f, x, kernel)[1](cotangent)
+    for got, want in zip(grads(auto), grads(native)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    # The dropped taps' gradient is exactly zero, as the full conv's is.
+    assert np.count_nonzero(grads(auto)[1]) == trimmed.size
