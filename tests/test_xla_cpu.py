@@ -56,3 +56,16 @@ def test_keep_freed_memory_stops_refaulting_a_freed_block():
     pages = (256 << 20) // 4096
     assert min(default[1:]) > pages // 2, default  # munmap'd and faulted in again
     assert max(kept[1:]) < pages // 100, kept  # the same heap memory, reused
+
+
+def test_reductions_under_these_flags_stay_accurate():
+    # YNNPACK computes this process's reductions: a sum of 2**26 terms in
+    # float32 must not drift as a naive running sum does (2**24 + 1 == 2**24).
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    values = np.random.default_rng(0).standard_normal(1 << 26).astype(np.float32)
+    assert float(jax.jit(jnp.sum)(np.ones(1 << 26, np.float32))) == 1 << 26
+    exact = np.sum(values.astype(np.float64) ** 2)
+    np.testing.assert_allclose(float(jax.jit(lambda v: jnp.sum(v * v))(values)), exact, rtol=1e-6)
