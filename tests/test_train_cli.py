@@ -124,7 +124,7 @@ def test_demo_defaults_per_depth_and_block():
         return from_args(parser().parse_args(list(flags)))
 
     fields = lambda c: (c.epochs, c.milestones, c.lr, c.zero_init_residual, c.head_lr_scale)
-    assert fields(config("--variant", "r2plus1d")) == (16, (12,), 0.003, "none", 1.0)
+    assert fields(config("--variant", "r2plus1d")) == (20, (15,), 0.003, "none", 1.0)
     assert fields(config("--variant", "r3d_34")) == (16, (8,), 0.02, "all", 1.0)
     assert fields(config("--variant", "mc3_34")) == (20, (10,), 0.02, "all", 1.0)
     assert fields(config("--variant", "r2plus1d_50")) == (12, (9,), 0.01, "identity", 0.1)
@@ -133,7 +133,7 @@ def test_demo_defaults_per_depth_and_block():
     assert fields(config("--variant", "mc3_101")) == (12, (9,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r2plus1d_101")) == (8, (6,), 0.02, "identity", 0.05)
     assert fields(config("--variant", "r2plus1d_101", "--lr", "0.01")) == (8, (6,), 0.01, "identity", 0.05)
-    assert config("--variant", "r2plus1d_10").epochs == 16
+    assert config("--variant", "r2plus1d_10").epochs == 20
     clips = lambda c: (c.clip_len, c.fps)
     assert [clips(config("--variant", v)) for v in ("r3d", "r2plus1d_34", "mc3_50", "r2plus1d_101", "mc3_152")] == [
         (8, 15), (4, 7.5), (8, 15), (4, 7.5), (4, 7.5)]

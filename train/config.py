@@ -76,16 +76,18 @@ class Config:
 
 
 # The demo: motion_shapes (32x32 frames), clips of 8 frames resized to 20 and
-# cropped to 16, 16 epochs, x0.1 at 3/4 of them (`decay_at`; depth 34 and up
+# cropped to 16, 20 epochs, x0.1 at 3/4 of them (`decay_at`; depth 34 and up
 # decay at their own point). Measured on 2 CPU cores: train/DEMO.md.
-# - 16 epochs, not 24: on a 2-core AMD VM 24 took 11-12 minutes, and with the
-#   drop at epoch 12 each depth-18 variant was at 94-98% by epoch 16.
+# - 20 epochs: with 16 (x0.1 at 12) r2plus1d ended at 89% on a third VM,
+#   90% on the Intel VM and 94% on the AMD VM (rounding differs by CPU);
+#   with 20 (x0.1 at 15) at 98% in 5m24s there. 24 took 11-12 minutes on
+#   the AMD VM before the steps got 9-20% cheaper.
 # - Checkpoints at epoch ends only (an epoch is 31 steps): at depth 101 each
 #   save costs 5-9 s of the 2 cores.
 # - No loader worker processes: decoding the demo's 20x20 clips in the main
 #   process's threads steps as fast, and grain's close of the endless eval
 #   loader's worker waited 25 s (its kill timeout) at the end of many runs.
-DEMO = dict(epochs=16, decay_at=3 / 4, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=8,
+DEMO = dict(epochs=20, decay_at=3 / 4, per_device_batch=16, lr=0.003, warmup_epochs=1, clip_len=8,
             clips_per_video=1, eval_clips_per_video=2, resize=(20, 20), crop=16, checkpoint_every=0,
             eval_every_epochs=2, workers=0)
 # Depth 34 and up evaluate every 4 epochs and start residual branches
