@@ -125,7 +125,8 @@ def test_demo_defaults_per_depth_and_block():
 
     fields = lambda c: (c.epochs, c.milestones, c.lr, c.zero_init_residual, c.head_lr_scale)
     assert fields(config("--variant", "r2plus1d")) == (20, (15,), 0.003, "none", 1.0)
-    assert fields(config("--variant", "r3d_34")) == (16, (8,), 0.02, "all", 1.0)
+    assert fields(config("--variant", "r3d_34")) == (20, (10,), 0.02, "all", 1.0)
+    assert config("--variant", "r2plus1d_34").epochs == 16
     assert fields(config("--variant", "mc3_34")) == (20, (10,), 0.02, "all", 1.0)
     assert fields(config("--variant", "r2plus1d_50")) == (12, (9,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r3d_152")) == (8, (6,), 0.01, "identity", 0.1)
