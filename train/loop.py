@@ -145,8 +145,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     else:
         state = steps.create_state(initial_variables(config, model, num_classes), tx)
     start = int(state.step)
-    p_train = jax.pmap(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule),
-                       axis_name=steps.AXIS, donate_argnums=0)
+    p_train = steps.pmapped_train_step(model, tx, schedule)
     p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
     p_sync = jax.pmap(steps.sync_batch_stats, axis_name=steps.AXIS)
     pstate = steps.replicate(state)

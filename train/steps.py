@@ -7,6 +7,7 @@ Metrics are (sum, count) pairs so averages stay right with masked clips.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax
@@ -72,6 +73,12 @@ def train_step(state: TrainState, batch, with_norms=True, *, model, tx: optax.Gr
     metrics["grad_norm"], metrics["param_norm"] = lax.cond(with_norms, norms, zeros)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new_state, metrics
+
+
+def pmapped_train_step(model, tx: optax.GradientTransformation, schedule: Callable):
+    """`train_step` over all local devices, the state donated (updated in place)."""
+    return jax.pmap(functools.partial(train_step, model=model, tx=tx, schedule=schedule), axis_name=AXIS,
+                    donate_argnums=0)
 
 
 def eval_step(state: TrainState, batch, *, model):
