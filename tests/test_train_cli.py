@@ -134,6 +134,7 @@ def test_demo_defaults_per_depth_and_block():
     assert fields(config("--variant", "mc3_101")) == (12, (9,), 0.01, "identity", 0.1)
     assert fields(config("--variant", "r2plus1d_101")) == (8, (6,), 0.02, "identity", 0.05)
     assert fields(config("--variant", "r2plus1d_101", "--lr", "0.01")) == (8, (6,), 0.01, "identity", 0.05)
+    assert fields(config("--variant", "mc3_152")) == (8, (6,), 0.02, "identity", 0.05)
     assert config("--variant", "r2plus1d_10").epochs == 20
     clips = lambda c: (c.clip_len, c.fps)
     assert [clips(config("--variant", v)) for v in ("r3d", "r2plus1d_34", "mc3_50", "r2plus1d_101", "mc3_152")] == [
