@@ -17,11 +17,12 @@ import flax_video  # noqa: F401  (sets XLA:CPU flags before JAX starts)
 import jax
 import numpy as np
 
-from train import config as config_lib, optim, steps
+from flax_video.data import loader
+from train import config as config_lib, data, optim, steps
 from train.loop import create_model, create_optimizer, initial_variables
 
 NUM_CLASSES = 5  # motion_shapes
-STEPS_PER_EPOCH = 31  # its 500 training videos, 16 clips a step
+TRAIN_VIDEOS = 500  # its training split
 
 
 def random_batch(config, devices: int, rng) -> dict:
@@ -39,13 +40,15 @@ def main(argv=None):
 
     config = config_lib.from_args(config_lib.parser().parse_args(["--variant", args.variant]))
     model = create_model(config, NUM_CLASSES)
-    schedule = optim.learning_rate_fn(config.lr, STEPS_PER_EPOCH, config.warmup_epochs, config.warmup_factor,
+    devices = jax.local_device_count()
+    # As the loop derives it, so the schedule also matches with several devices.
+    per_epoch = loader.steps_per_epoch(TRAIN_VIDEOS, data.train_spec(config), config.per_device_batch * devices)
+    schedule = optim.learning_rate_fn(config.lr, per_epoch, config.warmup_epochs, config.warmup_factor,
                                       config.milestones, config.gamma)
     variables = initial_variables(config, model, NUM_CLASSES)
     tx = create_optimizer(config, variables["params"], schedule)
     pstate = steps.replicate(steps.create_state(variables, tx))
     p_train = steps.pmapped_train_step(model, tx, schedule)
-    devices = jax.local_device_count()
     batch = random_batch(config, devices, np.random.default_rng(0))
 
     def call(logged: bool) -> float:
