@@ -107,8 +107,7 @@ def _ten_steps():
     schedule = optim.learning_rate_fn(lr, per_epoch, 2, 0.01, (4,), 0.1)
     tx = optim.sgd(schedule, 0.9, 1e-4)
     state = steps.create_state(variables, tx)
-    step = jax.pmap(lambda s, b, n: steps.train_step(s, b, n, model=model, tx=tx, schedule=schedule),
-                    axis_name=steps.AXIS)
+    step = steps.pmapped_train_step(model, tx, schedule)  # the loop's step, state donated
     state = steps.replicate(state)
 
     rng = np.random.default_rng(0)
