@@ -85,6 +85,14 @@ def test_replicated_state_does_not_retrace_the_train_step():
     assert int(state["n"][0]) == 3
 
 
+def test_first_replica_gives_back_the_replicated_host_tree():
+    tree = {"w": np.arange(6, dtype=np.float32).reshape(3, 2), "n": np.int32(7)}
+    back = steps.first_replica(steps.replicate(tree))
+    assert isinstance(back["w"], np.ndarray) and back["w"].dtype == np.float32 and back["n"].dtype == np.int32
+    np.testing.assert_array_equal(back["w"], tree["w"])
+    assert back["n"].shape == () and int(back["n"]) == 7
+
+
 def test_ten_sgd_steps_match_torch():
     # In float64 on both sides: in fp32, train-mode BatchNorm makes each
     # forward 1e-5 from exact on either side, and SGD on these random batches

@@ -11,7 +11,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import jax_utils
 from tqdm import tqdm
 
 import flax_video
@@ -154,7 +153,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     def save(step):
         nonlocal pstate
         pstate = p_sync(pstate)
-        checkpoints.save(mngr, step, jax_utils.unreplicate(pstate), train_iter.get_state(), dataclasses.asdict(config))
+        checkpoints.save(mngr, step, steps.first_replica(pstate), train_iter.get_state(), dataclasses.asdict(config))
 
     evaluator = None
 
@@ -212,7 +211,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     summary = {"steps": total_steps, "epochs": total_steps / per_epoch, **last_eval, "bad_training_clips": bad_total}
     if lead:
         print("done: " + format_metrics(summary))
-    return {"state": jax_utils.unreplicate(pstate), **summary}
+    return {"state": steps.first_replica(pstate), **summary}
 
 
 def format_metrics(values: dict) -> str:
