@@ -17,9 +17,8 @@ import flax_video  # noqa: F401  (sets XLA:CPU flags before JAX starts)
 import jax
 import numpy as np
 
-from flax_video.data import loader
-from train import config as config_lib, data, optim, steps
-from train.loop import create_model, create_optimizer, initial_variables
+from train import config as config_lib, steps
+from train.loop import create_model, create_optimizer, initial_variables, steps_and_schedule
 
 NUM_CLASSES = 5  # motion_shapes
 TRAIN_VIDEOS = 500  # its training split
@@ -41,10 +40,7 @@ def main(argv=None):
     config = config_lib.from_args(config_lib.parser().parse_args(["--variant", args.variant]))
     model = create_model(config, NUM_CLASSES)
     devices = jax.local_device_count()
-    # As the loop derives it, so the schedule also matches with several devices.
-    per_epoch = loader.steps_per_epoch(TRAIN_VIDEOS, data.train_spec(config), config.per_device_batch * devices)
-    schedule = optim.learning_rate_fn(config.lr, per_epoch, config.warmup_epochs, config.warmup_factor,
-                                      config.milestones, config.gamma)
+    _, schedule = steps_and_schedule(config, TRAIN_VIDEOS)  # the loop's, also with several devices
     variables = initial_variables(config, model, NUM_CLASSES)
     tx = create_optimizer(config, variables["params"], schedule)
     pstate = steps.replicate(steps.create_state(variables, tx))

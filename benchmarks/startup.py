@@ -20,8 +20,8 @@ import jax
 import numpy as np
 
 from flax_video.data import loader
-from train import config as config_lib, data, optim, steps
-from train.loop import create_model, initial_variables, optimizer_and_restore_target
+from train import config as config_lib, data, steps
+from train.loop import create_model, initial_variables, optimizer_and_restore_target, steps_and_schedule
 
 
 def main(argv=None):
@@ -43,10 +43,7 @@ def main(argv=None):
             clock = now
 
         devices = jax.local_device_count()
-        spec = data.train_spec(config)
-        per_epoch = loader.steps_per_epoch(len(sources.train), spec, config.per_device_batch * devices)
-        schedule = optim.learning_rate_fn(config.lr * devices, per_epoch, config.warmup_epochs, config.warmup_factor,
-                                          config.milestones, config.gamma)
+        _, schedule = steps_and_schedule(config, len(sources.train))
         model = create_model(config, sources.num_classes)
         tx, _ = optimizer_and_restore_target(config, model, schedule)
         lap("optimizer and restore target")
@@ -55,7 +52,7 @@ def main(argv=None):
         pstate = steps.replicate(steps.create_state(variables, tx))
         jax.block_until_ready(pstate)
         lap("train state on the devices")
-        batches = iter(loader.train_loader(sources.train, spec, per_device_batch=config.per_device_batch,
+        batches = iter(loader.train_loader(sources.train, data.train_spec(config), per_device_batch=config.per_device_batch,
                                            epochs=1, seed=0, sharding=data.sharding()))
         batch = next(batches)
         lap("first batch")

@@ -70,6 +70,19 @@ def _head_lr_scale_steps():
     assert optim.head_mask(params) == {"layer1_0": {"conv1": {"kernel": False}}, "fc": {"kernel": True, "bias": True}}
 
 
+def test_steps_and_schedule_count_clips_over_all_devices_and_scale_the_lr():
+    from train.config import Config
+    from train.loop import steps_and_schedule
+
+    # One clip per video: 40 videos fill 5 steps of 8 clips; the lr is per device.
+    config = Config(per_device_batch=8, lr=0.01, warmup_epochs=0, milestones=(), clips_per_video=1)
+    per_epoch, schedule = steps_and_schedule(config, 40)
+    assert per_epoch == 40 // (8 * jax.device_count())
+    assert float(schedule(0)) == pytest.approx(0.01 * jax.device_count())
+    with pytest.raises(ValueError, match=f"7 training videos cannot fill one global batch of {8 * jax.device_count()} clips"):
+        steps_and_schedule(config, 7)
+
+
 def test_replicated_state_does_not_retrace_the_train_step():
     traces = []
 

@@ -48,6 +48,18 @@ def initial_variables(config: Config, model, num_classes: int):
     return variables
 
 
+def steps_and_schedule(config: Config, num_train_videos: int):
+    """Steps per epoch over all devices, and the lr schedule, whose lr is
+    scaled linearly with the number of devices, as torchvision's recipe."""
+    global_batch = config.per_device_batch * jax.device_count()
+    per_epoch = loader.steps_per_epoch(num_train_videos, data.train_spec(config), global_batch)
+    if per_epoch == 0:
+        raise ValueError(f"{num_train_videos} training videos cannot fill one global batch of {global_batch} clips")
+    schedule = optim.learning_rate_fn(config.lr * jax.device_count(), per_epoch, config.warmup_epochs,
+                                      config.warmup_factor, config.milestones, config.gamma)
+    return per_epoch, schedule
+
+
 def optimizer_and_restore_target(config: Config, model, schedule):
     """The optimizer, and the train state as shapes and dtypes to restore a
     checkpoint into, without the ~30 s of an eager init."""
@@ -121,15 +133,10 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     sources = data.sources(config, workdir)
     num_classes = config.num_classes or sources.num_classes
     global_batch = config.per_device_batch * jax.device_count()
-    per_epoch = loader.steps_per_epoch(len(sources.train), data.train_spec(config), global_batch)
-    if per_epoch == 0:
-        raise ValueError(f"{len(sources.train)} training videos cannot fill one global batch of {global_batch} clips")
+    per_epoch, schedule = steps_and_schedule(config, len(sources.train))
     total_steps = config.epochs * per_epoch
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    base_lr = config.lr * jax.device_count()  # linear scaling, as torchvision's recipe
-    schedule = optim.learning_rate_fn(base_lr, per_epoch, config.warmup_epochs, config.warmup_factor,
-                                      config.milestones, config.gamma)
     model = create_model(config, num_classes)
     tx, target = optimizer_and_restore_target(config, model, schedule)
 
