@@ -1,6 +1,6 @@
 """Pooled backbone features for many videos.
 
-    python -m flax_video.extract --weights PATH [--variant NAME] --inputs LIST_OR_DIR --output DIR [--clips 10]
+    python -m flax_video.extract --weights NAME_OR_PATH [--variant NAME] --inputs LIST_OR_DIR --output DIR [--clips 10]
 
 `--inputs` is a directory (searched recursively for .mp4 .avi .mkv .webm .mov)
 or a text file with one video path per line. For each video, the output holds
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from flax_video.inference import add_model_arguments, jitted_model, load_weights, video_clips
+from flax_video.inference import (add_model_arguments, eval_transform_of, jitted_model, load_weights,
+                                  video_clips)
 from flax_video.video import VideoDecodeError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -86,10 +87,11 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as error:
             print(f"error: --weights: {error}", file=sys.stderr)
             return 2
+        transform = eval_transform_of(args.weights, args.clip_len, args.fps)
         features_of = jitted_model(name, variables, num_classes=0)
         for video, target in tqdm(todo, unit="video", file=sys.stdout):
             try:
-                clips, starts = video_clips(video, args.clip_len, args.clips, args.fps)
+                clips, starts = video_clips(video, args.clips, transform)
             except VideoDecodeError as error:
                 failures.append((video, str(error)))
                 continue

@@ -3,6 +3,7 @@ evaluation clips."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -14,27 +15,49 @@ from flax_video.registry import create_model, list_models
 from flax_video.sampling import take_clip, uniform_clip_starts
 from flax_video.transforms import eval_transform
 from flax_video.video import read_video
+from flax_video.weights import EvalTransform, get_weights, is_weights_name, load_pretrained, weights_for_file
 
 
 def load_weights(weights: str | os.PathLike, variant: str | None = None) -> tuple[dict, str]:
-    """Variables and model name from a converted directory, or from a
-    torchvision `.pth`/`.pt`/`.safetensors` file converted in memory (nothing
-    is written). `variant` is checked against, or inferred from, the weights."""
+    """Variables and model name from published weights by name
+    (`r2plus1d_18`, `r2plus1d_34_ig65m.ig65m_clip8`; downloaded and cached),
+    a converted directory, or a torchvision `.pth`/`.pt`/`.safetensors` file
+    converted in memory (nothing is written). `variant` is checked against,
+    or inferred from, the weights."""
     # Imported here: convert depends on flax_video, not the other way round.
     from convert.files import WEIGHT_SUFFIXES
     path = Path(weights)
+    if not path.exists() and is_weights_name(str(weights)):
+        entry = get_weights(str(weights))
+        if variant and variant != entry.model:
+            raise ValueError(f"{weights} are {entry.model} weights, not {variant}")
+        return load_pretrained(entry.name)[1], entry.model
     if path.suffix in WEIGHT_SUFFIXES:
         from convert import load_torchvision_weights
         return load_torchvision_weights(path, variant)
     return load_converted(path, variant)
 
 
-def video_clips(path, clip_len: int, num_clips: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
+def eval_transform_of(weights: str | os.PathLike, clip_len: int | None = None,
+                      fps: float | None = None) -> EvalTransform:
+    """The evaluation transform the weights were published with (by name, or
+    by a published file's name), else torchvision's video preset; `clip_len`
+    and `fps`, when given, override it."""
+    entry = (get_weights(str(weights)) if is_weights_name(str(weights)) and not Path(weights).exists()
+             else weights_for_file(Path(weights).name))
+    transform = entry.transform if entry else EvalTransform()
+    overrides = {k: v for k, v in (("clip_len", clip_len), ("fps", fps)) if v is not None}
+    return dataclasses.replace(transform, **overrides)
+
+
+def video_clips(path, num_clips: int, transform: EvalTransform = EvalTransform()) -> tuple[np.ndarray, np.ndarray]:
     """`num_clips` uniformly spaced clips of a video, eval-transformed:
-    (num_clips, clip_len, 112, 112, 3) float32, and their start frames."""
-    frames = read_video(path, fps=fps).frames
-    starts = uniform_clip_starts(len(frames), clip_len, num_clips)
-    return np.stack([eval_transform(take_clip(frames, s, clip_len)) for s in starts]), starts
+    (num_clips, clip_len, crop, crop, 3) float32, and their start frames."""
+    frames = read_video(path, fps=transform.fps).frames
+    starts = uniform_clip_starts(len(frames), transform.clip_len, num_clips)
+    clips = [eval_transform(take_clip(frames, s, transform.clip_len), transform.resize, transform.crop,
+                            transform.mean, transform.std) for s in starts]
+    return np.stack(clips), starts
 
 
 def jitted_model(name: str, variables: dict, num_classes: int):
@@ -47,10 +70,14 @@ def jitted_model(name: str, variables: dict, num_classes: int):
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True,
-                        help="converted directory (python -m convert torch2flax) or torchvision "
+                        help="published weights by name (downloaded and cached: "
+                             + ", ".join(sorted(list_models(pretrained=True))) + "; a model name means its first), "
+                             "a converted directory (python -m convert torch2flax), or a torchvision "
                              ".pth/.pt/.safetensors file, converted on the fly")
     parser.add_argument("--variant", choices=list_models(), metavar="NAME",
                         help="model name (default: from the weights); one of " + ", ".join(list_models()))
     parser.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per video")
-    parser.add_argument("--clip-len", type=int, default=16, help="frames per clip")
-    parser.add_argument("--fps", type=float, default=15, help="frame rate clips are sampled at")
+    parser.add_argument("--clip-len", type=int, help="frames per clip (default: as the weights were "
+                        "published; torchvision's 16 for other weights)")
+    parser.add_argument("--fps", type=float, help="frame rate clips are sampled at (default: as the weights "
+                        "were published; torchvision's 15 for other weights)")

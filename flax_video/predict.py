@@ -1,7 +1,11 @@
 """Label videos: the top-k classes with probabilities, softmax averaged over
 uniformly sampled clips with the evaluation transform.
 
-    python -m flax_video.predict VIDEO [VIDEO ...] --weights PATH [--variant r2plus1d_18] [--topk 5] [--clips 10]
+    python -m flax_video.predict VIDEO [VIDEO ...] --weights r2plus1d_18 [--topk 5] [--clips 10]
+
+`--weights` names published weights (downloaded once and cached), or is a
+converted directory or a torchvision weight file. Clips are prepared as the
+weights were published (16 frames at 15 fps for torchvision's).
 
 An unreadable video gets an error line and the others are still processed;
 the exit status is 0 only if every video succeeded.
@@ -13,7 +17,8 @@ import sys
 
 import numpy as np
 
-from flax_video.inference import add_model_arguments, jitted_model, load_weights, video_clips
+from flax_video.inference import (add_model_arguments, eval_transform_of, jitted_model, load_weights,
+                                  video_clips)
 from flax_video.labels import KINETICS400_CLASSES
 from flax_video.video import VideoDecodeError
 
@@ -42,13 +47,14 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as error:  # ConversionError is a ValueError
         print(f"error: --weights: {error}", file=sys.stderr)
         return 2
+    transform = eval_transform_of(args.weights, args.clip_len, args.fps)
     num_classes = variables["params"]["fc"]["bias"].shape[0]
     names = class_names(num_classes)
     logits_of = jitted_model(name, variables, num_classes)
     failures = 0
     for video in args.videos:
         try:
-            clips, _ = video_clips(video, args.clip_len, args.clips, args.fps)
+            clips, _ = video_clips(video, args.clips, transform)
         except VideoDecodeError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
             failures += 1

@@ -52,8 +52,12 @@ MODELS["r2plus1d_34_ig65m"] = ModelSpec(
     bn_epsilon=1e-3, midplanes_per_conv=True)
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a glob pattern, sorted."""
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names matching a glob pattern, sorted; with
+    `pretrained=True`, the names of published weights (MODEL.TAG) instead."""
+    if pretrained:
+        from flax_video.weights import list_pretrained
+        return list_pretrained(pattern)
     return sorted((name for name in MODELS if fnmatch.fnmatch(name, pattern)),
                   key=lambda name: (MODELS[name].family, MODELS[name].depth, name))
 
@@ -66,13 +70,22 @@ def get_spec(name: str) -> ModelSpec:
                          f"{', '.join(list_models())}") from None
 
 
-def create_model(name: str, num_classes: int = 400, dtype: Any = jnp.float32,
-                 **kwargs) -> VideoResNet:
-    """Build a registered model. `num_classes=0` gives the backbone, whose
-    output is the pooled features. Other keyword arguments (`bn_axis_name`,
-    `conv_lowering`, `zero_init_residual`) go to `VideoResNet`."""
+def create_model(name: str, num_classes: int | None = None, dtype: Any = jnp.float32,
+                 pretrained: bool = False, **kwargs) -> VideoResNet:
+    """Build a registered model (400 classes unless told). `num_classes=0`
+    gives the backbone, whose output is the pooled features. Other keyword
+    arguments (`bn_axis_name`, `conv_lowering`, `zero_init_residual`) go to
+    `VideoResNet`.
+
+    `pretrained=True` returns it bound to published weights (`name` may then
+    name them: `r2plus1d_34_ig65m.ig65m_clip8`), with the weights' classes
+    unless `num_classes` says otherwise (a new head; `flax_video.weights`)."""
+    if pretrained:
+        from flax_video.weights import pretrained_model
+        return pretrained_model(name, num_classes, dtype=dtype, **kwargs)
     spec = get_spec(name)
     return VideoResNet(block=spec.block, conv_builders=spec.conv_builders,
-                       layers=spec.layers, stem=spec.stem, num_classes=num_classes,
+                       layers=spec.layers, stem=spec.stem,
+                       num_classes=400 if num_classes is None else num_classes,
                        dtype=dtype, bn_epsilon=spec.bn_epsilon,
                        midplanes_per_conv=spec.midplanes_per_conv, **kwargs)

@@ -12,6 +12,9 @@ from flax_video.layers import BatchNorm, Conv
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
+# torchvision's classifier initialization.
+HEAD_KERNEL_INIT = nn.initializers.normal(0.01)
+HEAD_BIAS_INIT = nn.initializers.zeros
 
 
 class VideoResNet(nn.Module):
@@ -64,6 +67,5 @@ class VideoResNet(nn.Module):
         if not self.num_classes:
             return x
         x = nn.Dense(self.num_classes, dtype=self.dtype,
-                     kernel_init=nn.initializers.normal(0.01),
-                     bias_init=nn.initializers.zeros, name="fc")(x)
+                     kernel_init=HEAD_KERNEL_INIT, bias_init=HEAD_BIAS_INIT, name="fc")(x)
         return x.astype(jnp.float32)

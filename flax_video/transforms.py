@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-MEAN = np.array([0.43216, 0.394666, 0.37645], np.float32)
-STD = np.array([0.22803, 0.22145, 0.216989], np.float32)
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+MEAN = np.array(KINETICS_MEAN, np.float32)
+STD = np.array(KINETICS_STD, np.float32)
 RESIZE = (128, 171)
 CROP = 112
 
@@ -39,8 +41,8 @@ def resize_bilinear(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return w_top[:, None, None] * cols[:, top] + w_bottom[:, None, None] * cols[:, bottom]
 
 
-def normalize(frames: np.ndarray) -> np.ndarray:
-    return ((frames - MEAN) / STD).astype(np.float32)
+def normalize(frames: np.ndarray, mean=MEAN, std=STD) -> np.ndarray:
+    return ((frames - np.float32(mean)) / np.float32(std)).astype(np.float32)
 
 
 def center_crop_box(height: int, width: int, size: int = CROP) -> tuple[int, int]:
@@ -54,11 +56,11 @@ def _resize_as_uint8(clip: np.ndarray, resize) -> np.ndarray:
     return np.round(resize_bilinear(clip, resize)).clip(0, 255)
 
 
-def eval_transform(clip: np.ndarray, resize=RESIZE, crop: int = CROP) -> np.ndarray:
+def eval_transform(clip: np.ndarray, resize=RESIZE, crop: int = CROP, mean=MEAN, std=STD) -> np.ndarray:
     """uint8 (T, H, W, 3) -> normalized float32 (T, crop, crop, 3)."""
     resized = _resize_as_uint8(clip, resize)
     top, left = center_crop_box(*resized.shape[1:3], crop)
-    return normalize(resized[:, top:top + crop, left:left + crop] / np.float32(255))
+    return normalize(resized[:, top:top + crop, left:left + crop] / np.float32(255), mean, std)
 
 
 def three_crop_eval_transform(clip: np.ndarray, resize=RESIZE, crop: int = CROP) -> np.ndarray:

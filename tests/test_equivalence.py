@@ -10,26 +10,11 @@ import torch
 
 from convert import flax_to_torchvision, torchvision_to_flax
 from flax_video import create_model
-from tests.torch_reference import torch_model
+from tests.torch_reference import randomize_, torch_model
 
 MODELS = ["r3d_18", "mc3_18", "r2plus1d_18", "r2plus1d_34", "r2plus1d_34_ig65m", "r2plus1d_50"]
 SHAPES = {"T8_64x64": (2, 8, 64, 64, 3), "T5_37x50": (2, 5, 37, 50, 3)}
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-
-
-def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random BatchNorm affine parameters and running statistics, random head bias."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                n = module.num_features
-                module.weight.copy_(0.5 + torch.rand(n, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(n, generator=generator))
-                module.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
-                module.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=generator))
-        model.fc.bias.copy_(0.1 * torch.randn(model.fc.out_features, generator=generator))
-    return model
 
 
 @pytest.fixture(scope="module", params=MODELS)

@@ -5,6 +5,7 @@ import torch
 
 from flax_video import create_model, extract, predict
 from flax_video.inference import video_clips
+from flax_video.weights import EvalTransform
 from flax_video.pretrained import save_variables
 from flax_video.video import write_video
 from tests.torch_reference import torch_model
@@ -36,7 +37,7 @@ def setup(tmp_path_factory):
 
 
 def expected_probabilities(variables, video):
-    clips, _ = video_clips(video, clip_len=4, num_clips=2, fps=15)
+    clips, _ = video_clips(video, 2, EvalTransform(clip_len=4, fps=15))
     logits = np.asarray(create_model("r3d_10").apply(variables, clips))
     return predict.softmax(logits).mean(axis=0)
 
@@ -91,7 +92,7 @@ def test_extract_writes_features_skips_done_videos_and_lists_failures(setup, tmp
     saved = np.load(out / "sub" / "b.npz")
     assert saved["clips"].shape == (2, 512) and saved["mean"].shape == (512,)
     np.testing.assert_allclose(saved["mean"], saved["clips"].mean(axis=0), rtol=1e-6)
-    clips, starts = video_clips(videos / "sub" / "b.mp4", clip_len=4, num_clips=2, fps=15)
+    clips, starts = video_clips(videos / "sub" / "b.mp4", 2, EvalTransform(clip_len=4, fps=15))
     np.testing.assert_allclose(saved["clips"], create_model("r3d_10", num_classes=0).apply(variables, clips),
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(saved["clip_starts"], starts)

@@ -64,3 +64,18 @@ def torch_model(name: str, num_classes: int = 400) -> torch.nn.Module:
             if isinstance(module, torch.nn.BatchNorm3d):
                 module.eps = 1e-3
     return model
+
+
+def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random BatchNorm affine parameters and running statistics, random head bias."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                n = module.num_features
+                module.weight.copy_(0.5 + torch.rand(n, generator=generator))
+                module.bias.copy_(0.2 * torch.randn(n, generator=generator))
+                module.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
+                module.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=generator))
+        model.fc.bias.copy_(0.1 * torch.randn(model.fc.out_features, generator=generator))
+    return model

@@ -183,7 +183,8 @@ HELP = {
     "dtype": "compute dtype, float32 or bfloat16 (parameters stay float32)",
     "seed": "seed of the initialization and the data order",
     "workers": "data-loader worker processes (0: in the main process)",
-    "init_from": "start from these weights: a converted directory, or a torchvision .pth/.safetensors file",
+    "init_from": "start from these weights: published weights by name (r2plus1d_18), a converted directory, "
+                 "or a torchvision .pth/.safetensors file",
     "num_classes": "classifier size (default: the dataset's); a different size re-initializes the head",
     "checkpoint_every": "save a checkpoint every this many steps and at each epoch end (0: at epoch ends only)",
     "keep_checkpoints": "how many recent checkpoints to keep",
