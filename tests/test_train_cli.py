@@ -206,3 +206,24 @@ def test_fine_tune_from_a_torchvision_file_reinitializes_the_head(finished, tmp_
     np.testing.assert_array_equal(state["params"]["stem"]["conv"]["kernel"],
                                   net.stem[0].weight.detach().numpy().transpose(2, 3, 4, 1, 0))
     assert state["params"]["fc"]["kernel"].shape == (512, 5)
+
+
+DEMO_CONFIGS = ROOT / "tests" / "data" / "demo_configs.json"
+
+
+def test_every_demo_keeps_its_settings():
+    """The effective config of each variant's demo command (and with --epochs
+    10, and off the demo) equals the one recorded before the demo settings
+    became a table (tests/data/demo_configs.json)."""
+    import dataclasses
+    recorded = json.loads(DEMO_CONFIGS.read_text())
+    as_json = lambda config: json.loads(json.dumps(dataclasses.asdict(config)))
+    assert {command: as_json(from_args(parser().parse_args(command.split()))) for command in recorded} == recorded
+
+
+def test_print_config_prints_json_and_builds_nothing(tmp_path):
+    result = run_train(["--variant", "r3d_34", "--epochs", "10", "--workdir", str(tmp_path / "w"), "--print-config"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded = json.loads(DEMO_CONFIGS.read_text())["--variant r3d_34 --epochs 10"]
+    assert json.loads(result.stdout) == recorded
+    assert list(tmp_path.iterdir()) == []

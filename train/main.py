@@ -6,6 +6,8 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 
@@ -29,6 +31,9 @@ def main(argv=None) -> int:
     args = config_lib.parser().parse_args(argv)
     try:
         config = config_lib.from_args(args)
+        if args.print_config:
+            print(json.dumps(dataclasses.asdict(config), indent=2))
+            return 0
         data.check(config)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
