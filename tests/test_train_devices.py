@@ -51,6 +51,8 @@ def test_sync_bn_step_on_four_devices_equals_one_device_with_the_whole_batch():
 
 
 def test_two_processes_train_in_lockstep_like_one_process_with_all_devices(tmp_path):
+    """Under pmap (the default) and under `--parallel jit`, against one
+    process with 4 devices under pmap."""
     # 16 videos: 2 steps of 4 devices x 2 clips. A fresh tfds dir, so process
     # 0 builds the dataset while process 1 waits for it. Two steps only: the
     # fp32 gradient sums over gloo and over 4 local devices differ by an ulp,
@@ -58,35 +60,42 @@ def test_two_processes_train_in_lockstep_like_one_process_with_all_devices(tmp_p
     # losses 1e-7 apart at steps 1-3, 7e-5 at step 4).
     args = [*TINY, "--motion-shapes", "train_videos=16", "validation_videos=5", "frames=8", "size=32",
             "--epochs", "1", "--tfds-dir", str(tmp_path / "tfds")]
-    port = free_port()
-    processes = [subprocess.Popen(
-        [sys.executable, "-m", "train.main", *args, "--workdir", str(tmp_path / "two")], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=devices_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                         JAX_PROCESS_ID=str(index)))
-        for index in range(2)]
-    outputs = [p.communicate(timeout=600) for p in processes]
-    for process, (out, err) in zip(processes, outputs):
-        assert process.returncode == 0, err[-3000:]
-    lead, other = outputs
-    assert "4 devices, 8 clips per step" in lead[0] and "done: steps 2" in lead[0]
-    assert "done:" not in other[0] and "train:" not in other[1]  # only process 0 reports
 
+    def two_processes(workdir, *flags):
+        port = free_port()
+        processes = [subprocess.Popen(
+            [sys.executable, "-m", "train.main", *args, *flags, "--workdir", str(tmp_path / workdir)], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=devices_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                             JAX_PROCESS_ID=str(index)))
+            for index in range(2)]
+        outputs = [p.communicate(timeout=600) for p in processes]
+        for process, (out, err) in zip(processes, outputs):
+            assert process.returncode == 0, err[-3000:]
+        lead, other = outputs
+        assert "4 devices, 8 clips per step" in lead[0] and "done: steps 2" in lead[0]
+        assert "done:" not in other[0] and "train:" not in other[1]  # only process 0 reports
+
+    two_processes("two")
+    two_processes("two_jit", "--parallel", "jit")
     single = run_train([*args, "--workdir", str(tmp_path / "one")], env=devices_env(4))
     assert single.returncode == 0, single.stderr[-3000:]
 
     def records(name):
         return [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
 
-    two, one = records("two"), records("one")
-    assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]  # written once
-    for a, b in zip(two, one):
-        for key in ("loss", "clip_acc1", "video_acc1"):
-            if key in a:
-                np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=f"{a['kind']} step {a['step']} {key}")
-    step, state_two = saved_params(tmp_path / "two")
+    one = records("one")
     _, state_one = saved_params(tmp_path / "one")
-    assert step == 2
-    # Measured: at most 5e-6 of each leaf's largest value apart.
-    for a, b in zip(leaves(state_two), leaves(state_one), strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=5e-5 * np.abs(b).max())
+    for workdir in ("two", "two_jit"):
+        two = records(workdir)
+        assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]  # written once
+        for a, b in zip(two, one):
+            for key in ("loss", "clip_acc1", "video_acc1"):
+                if key in a:
+                    np.testing.assert_allclose(a[key], b[key], rtol=1e-6,
+                                               err_msg=f"{workdir}: {a['kind']} step {a['step']} {key}")
+        step, state_two = saved_params(tmp_path / workdir)
+        assert step == 2
+        # Measured: at most 5e-6 of each leaf's largest value apart.
+        for a, b in zip(leaves(state_two), leaves(state_one), strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=5e-5 * np.abs(b).max())

@@ -20,6 +20,7 @@ from convert import torchvision_to_flax
 from flax_video import hub, weights
 from flax_video.inference import eval_transform_of, load_weights
 from tests.torch_reference import randomize_, torch_model
+from tests.train_helpers import ROOT
 
 NAME = "mc3_18"
 CLIP = np.random.RandomState(0).standard_normal((1, 4, 32, 32, 3)).astype(np.float32)
@@ -57,18 +58,32 @@ class Server(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    """The file as a publisher would name it, its state dict and hash, and a
-    server holding it."""
-    root = tmp_path_factory.mktemp("publisher")
+def publish(root, name):
+    """Randomized torchvision weights of `name` saved as its publisher would
+    name the file: `root/{name}-{sha256[:8]}.pth`."""
     torch.manual_seed(0)
-    reference = randomize_(torch_model(NAME), seed=1).eval()
+    reference = randomize_(torch_model(name), seed=1).eval()
     staging = root / "staging.pth"
     torch.save(reference.state_dict(), staging)
     sha256 = hashlib.sha256(staging.read_bytes()).hexdigest()
-    path = root / f"{NAME}-{sha256[:8]}.pth"
+    path = root / f"{name}-{sha256[:8]}.pth"
     staging.rename(path)
+    return path, sha256, reference
+
+
+def point_entry_at(monkeypatch, name, path, sha256):
+    """The registry's entry for `name`, with the publisher's URL but the
+    served file's name and hash."""
+    entry = weights.get_weights(name)
+    monkeypatch.setitem(weights.WEIGHTS, entry.name, dataclasses.replace(
+        entry, url=entry.url.rsplit("/", 1)[0] + "/" + path.name, sha256=sha256[:8]))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """mc3_18's file, state dict and hash, and a server holding it."""
+    root = tmp_path_factory.mktemp("publisher")
+    path, sha256, reference = publish(root, NAME)
     server = Server(root)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield dict(path=path, sha256=sha256, reference=reference, server=server,
@@ -79,18 +94,14 @@ def published(tmp_path_factory):
 @pytest.fixture
 def env(published, tmp_path, monkeypatch):
     """Empty caches, the mirror set, and the registry's entry pointed at the file."""
-    for var in ("FLAX_VIDEO_OFFLINE",):
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("FLAX_VIDEO_OFFLINE", raising=False)
     monkeypatch.setenv("FLAX_VIDEO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("FLAX_VIDEO_MIRROR", published["server"].url)
-    entry = weights.get_weights(NAME)
-    file_name = published["path"].name
-    monkeypatch.setitem(weights.WEIGHTS, entry.name, dataclasses.replace(
-        entry, url=f"https://download.pytorch.org/models/{file_name}", sha256=published["sha256"][:8]))
+    point_entry_at(monkeypatch, NAME, published["path"], published["sha256"])
     published["server"].gets.clear()
     return dict(published, home=tmp_path / "home", torch_hub=tmp_path / "torch" / "hub" / "checkpoints",
-                file_name=file_name)
+                file_name=published["path"].name)
 
 
 def cache_files(home):
@@ -247,7 +258,7 @@ def test_two_processes_loading_at_once_share_one_download(env):
         from flax_video import load_pretrained, weights
         entry = weights.get_weights("{NAME}")
         weights.WEIGHTS[entry.name] = dataclasses.replace(entry, url="{weights.get_weights(NAME).url}",
-                                                          sha256="{env['sha256'][:8]}")
+                                                          sha256="{weights.get_weights(NAME).sha256}")
         _, variables = load_pretrained("{NAME}", progress=False)
         digest = hashlib.sha256()
         for leaf in jax.tree_util.tree_leaves(variables):
@@ -263,3 +274,43 @@ def test_two_processes_loading_at_once_share_one_download(env):
         digest.update(np.ascontiguousarray(leaf).tobytes())
     assert [out.strip() for out, _ in outputs] == [digest.hexdigest()] * 2
     assert env["server"].gets == {env["file_name"]: 1}
+
+
+@pytest.fixture(scope="module")
+def r2plus1d_18_file(published):
+    """Randomized r2plus1d_18 weights beside mc3_18's on the server: the
+    README's examples name them."""
+    path, sha256, _ = publish(published["path"].parent, "r2plus1d_18")
+    return path, sha256
+
+
+def readme_snippet(marker):
+    readme = (ROOT / "README.md").read_text()
+    return readme.split(f"<!-- {marker} -->\n```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_quick_start_labels_a_video(env, r2plus1d_18_file, tmp_path, monkeypatch, capsys):
+    """The README's quick start as written, on r2plus1d_18 weights served
+    locally and a generated video."""
+    from flax_video.video import write_video
+    snippet = readme_snippet("quickstart")
+    point_entry_at(monkeypatch, "r2plus1d_18", *r2plus1d_18_file)
+    frames = np.random.default_rng(0).integers(0, 256, (40, 120, 160, 3), dtype=np.uint8)
+    write_video(tmp_path / "video.mp4", frames, fps=30)
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    probabilities = [float(line.split("  ", 1)[0]) for line in lines]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(line.split("  ", 1)[1] in flax_video.KINETICS400_CLASSES for line in lines)
+
+
+def test_readme_backbone_in_a_users_jitted_step(env, r2plus1d_18_file, monkeypatch):
+    """The README's example of the pretrained backbone inside a user's own
+    jitted training step."""
+    point_entry_at(monkeypatch, "r2plus1d_18", *r2plus1d_18_file)
+    namespace = {}
+    exec(readme_snippet("backbone-example"), namespace)
+    losses = namespace["losses"]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses

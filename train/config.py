@@ -58,6 +58,7 @@ class Config:
     log_every: int = 10
     eval_every_epochs: int = 1
     max_steps: int | None = None
+    parallel: str = "pmap"
     motion_shapes: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -65,6 +66,8 @@ class Config:
         self.milestones, self.resize = tuple(self.milestones), tuple(self.resize)
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"--dtype must be float32 or bfloat16, not {self.dtype}")
+        if self.parallel not in ("pmap", "jit"):
+            raise ValueError(f"--parallel must be pmap or jit, not {self.parallel}")
         if self.head_lr_scale < 0:
             raise ValueError(f"--head-lr-scale must be at least 0, not {self.head_lr_scale}")
         if self.checkpoint_every < 0:
@@ -114,6 +117,8 @@ HELP = {
     "log_every": "write training metrics every this many steps",
     "eval_every_epochs": "evaluate every this many epochs (and at the end)",
     "max_steps": "stop after this many steps (for quick checks)",
+    "parallel": "how steps run over devices: pmap (per-device state), or jit over a 1-D device mesh "
+                "(global batch arrays, replicated state)",
 }
 
 
@@ -127,7 +132,7 @@ def full_variant(name: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(
-        prog="python -m train.main", description="Train a video ResNet (torchvision's recipe) with pmap.",
+        prog="python -m train.main", description="Train a video ResNet (torchvision's recipe) with pmap (or jit over a device mesh).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     result.add_argument("--workdir", default="runs/demo", help="checkpoints, metrics and plots go here; rerun to resume")
     result.add_argument("--print-config", action="store_true",
@@ -147,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
         else:
             # The annotation, not the default's type: `fps: float = 15` takes 7.5.
             kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-            choices = blocks.ZERO_INIT_MODES if f.name == "zero_init_residual" else None
+            choices = {"zero_init_residual": blocks.ZERO_INIT_MODES, "parallel": ("pmap", "jit")}.get(f.name)
             result.add_argument(flag, type=kind, default=None, choices=choices, help=HELP[f.name])
     result.add_argument("--coordinator-address", help="multi-host: host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
     result.add_argument("--num-processes", type=int, help="multi-host: number of processes (or JAX_NUM_PROCESSES)")

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 import flax_video
 from flax_video.data import loader
-from train import checkpoints, data, metrics, optim, steps
+from train import checkpoints, data, metrics, optim, parallel, steps
 from train.config import Config
 
 
@@ -95,12 +95,12 @@ class Evaluator:
         self._batches = iter(loader.eval_loader(validation, spec, per_device_batch=config.per_device_batch,
                                                 sharding=sharding, workers=config.workers, passes=None))
 
-    def __call__(self, pstate, eval_step) -> dict:
+    def __call__(self, dstate, par) -> dict:
         accuracy = metrics.Accuracy()
         bad = 0
         for _ in tqdm(range(self.per_pass), desc="eval", disable=not self.show, leave=False):
             batch = next(self._batches)
-            scores = np.asarray(eval_step(pstate, {"clip": batch["clip"]}))
+            scores = par.eval(dstate, batch["clip"])
             flat = lambda x: x.reshape(-1, *x.shape[2:])
             accuracy.add(flat(scores), flat(batch["label"]), flat(batch["video"]), flat(batch["mask"]))
             bad += int(batch["bad"].sum())
@@ -151,24 +151,22 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     else:
         state = steps.create_state(initial_variables(config, model, num_classes), tx)
     start = int(state.step)
-    p_train = steps.pmapped_train_step(model, tx, schedule)
-    p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
-    p_sync = jax.pmap(steps.sync_batch_stats, axis_name=steps.AXIS)
-    pstate = steps.replicate(state)
+    par = parallel.create(config.parallel, model, tx, schedule)
+    dstate = par.put_state(state)
     writer = metrics.Writer(workdir, enabled=lead)
 
     def save(step):
-        nonlocal pstate
-        pstate = p_sync(pstate)
-        checkpoints.save(mngr, step, steps.first_replica(pstate), train_iter.get_state(), dataclasses.asdict(config))
+        nonlocal dstate
+        dstate = par.sync(dstate)
+        checkpoints.save(mngr, step, par.host_state(dstate), train_iter.get_state(), dataclasses.asdict(config))
 
     evaluator = None
 
     def run_eval(step):
-        nonlocal pstate, evaluator
-        pstate = p_sync(pstate)
+        nonlocal dstate, evaluator
+        dstate = par.sync(dstate)
         evaluator = evaluator or Evaluator(config, sources.validation, sharding, lead)
-        result = evaluator(pstate, p_eval)
+        result = evaluator(dstate, par)
         writer.write("eval", step, result)
         writer.plot()
         return result
@@ -181,8 +179,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
             batch = next(train_iter)
             done = step + 1
             logged = done % config.log_every == 0 or done == total_steps
-            pstate, m = p_train(pstate, batch, np.full(sharding.local_devices, logged))
-            m = jax.tree_util.tree_map(lambda x: float(np.asarray(x)[0]), m)
+            dstate, m = par.train(dstate, batch, logged)
             if not math.isfinite(m["loss"]):
                 raise NonFiniteLoss(f"non-finite loss ({m['loss']}) at step {done}; stopping. The last good "
                                     f"checkpoint (step {mngr.latest_step()}) in {workdir} is kept.")
@@ -218,7 +215,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     summary = {"steps": total_steps, "epochs": total_steps / per_epoch, **last_eval, "bad_training_clips": bad_total}
     if lead:
         print("done: " + format_metrics(summary))
-    return {"state": steps.first_replica(pstate), **summary}
+    return {"state": par.host_state(dstate), **summary}
 
 
 def format_metrics(values: dict) -> str:
