@@ -4,7 +4,6 @@ it was trained with."""
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 
 import flax_video  # noqa: F401  (XLA:CPU flags before JAX starts)
@@ -17,9 +16,7 @@ def main(argv=None) -> int:
     parser.add_argument("--three-crop", action="store_true", help="average left, center and right crops")
     args = parser.parse_args(argv)
 
-    import jax
-
-    from train import checkpoints, data, steps
+    from train import checkpoints, data, parallel
     from train.config import Config
     from train.loop import Evaluator, create_model, format_metrics, optimizer_and_restore_target
 
@@ -37,9 +34,9 @@ def main(argv=None) -> int:
     # the optimizer state's structure matters, so its schedule is a stand-in.
     _, target = optimizer_and_restore_target(config, model, lambda step: 0.0)
     state, _ = checkpoints.restore(mngr, target, step)
-    p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
+    par = parallel.create(config.parallel, model, tx=None, schedule=None)
     evaluator = Evaluator(config, sources.validation, data.sharding(), True)
-    result = evaluator(steps.replicate(state), p_eval)
+    result = evaluator(par.put_state(state), par)
     evaluator.close()
     print(f"step {step}: " + format_metrics(result))
     return 0
