@@ -34,6 +34,7 @@ import numpy as np
 import optax
 import torch
 
+from benchmarks.machine import cpu_info, describe
 from flax_video import create_model
 from tests.torch_reference import torch_model
 
@@ -244,7 +245,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    header = (f"{platform.node()}: jax {jax.__version__} on {jax.devices()[0].device_kind}, torch "
+    cpu = cpu_info()
+    header = (f"{platform.node()} ({describe(cpu)}): jax {jax.__version__} on {jax.devices()[0].device_kind}, torch "
               f"{torch.__version__} on {torch_device} ({torch.get_num_threads()} threads); batch "
               f"{args.batch} x {args.frames}x{args.size}x{args.size}, {args.dtype}, median of "
               f"{args.repeats} x {args.steps} steps; a large 3x3 conv2d in torch: "
@@ -257,7 +259,7 @@ def main(argv=None):
     print(table(rows, header))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"setup": header, "args": vars(args), "results": rows}, f, indent=2)
+            json.dump({"setup": header, "cpu": cpu, "args": vars(args), "results": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
