@@ -209,9 +209,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
         bar.close()
         if evaluator is not None:
             evaluator.close()
-        mngr.wait_until_finished()
-        mngr.close()
         writer.close()
+        checkpoints.finish(mngr)
     summary = {"steps": total_steps, "epochs": total_steps / per_epoch, **last_eval, "bad_training_clips": bad_total}
     if lead:
         print("done: " + format_metrics(summary))

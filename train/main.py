@@ -6,6 +6,7 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -41,14 +42,23 @@ def main(argv=None) -> int:
     _initialize_distributed(args)
     import jax
 
+    from train import workdir
+    from train.checkpoints import CheckpointWriteError
     from train.loop import NonFiniteLoss, train_and_evaluate
 
-    if jax.process_index() == 0:
-        print(f"{config.variant} on {config.dataset}: {jax.device_count()} devices, "
-              f"{config.per_device_batch * jax.device_count()} clips per step; workdir {args.workdir}", flush=True)
+    lead = jax.process_index() == 0
     try:
-        train_and_evaluate(config, args.workdir)
-    except NonFiniteLoss as error:
+        # Process 0 holds the lock for all: the processes of a multi-host run share the workdir.
+        with workdir.owned(args.workdir) if lead else contextlib.nullcontext():
+            if lead:
+                print(f"{config.variant} on {config.dataset}: {jax.device_count()} devices, "
+                      f"{config.per_device_batch * jax.device_count()} clips per step; workdir {args.workdir}",
+                      flush=True)
+            train_and_evaluate(config, args.workdir)
+    except workdir.WorkdirBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (NonFiniteLoss, CheckpointWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
