@@ -1,6 +1,7 @@
 """Decoding videos to RGB frames with PyAV, resampled to a target frame rate."""
 from __future__ import annotations
 
+import bisect
 import fractions
 import io
 import math
@@ -38,10 +39,35 @@ class Video:
 
 def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> np.ndarray:
     """Indices of the source frames kept at `target_fps`, as torchvision's
-    VideoClips picks them: floor(i * source_fps / target_fps)."""
+    VideoClips picks them: floor(i * source_fps / target_fps); at least the
+    first (torchvision keeps none of a video shorter than one output frame)."""
     step = float(source_fps) / target_fps
-    count = int(math.floor(num_frames * (float(target_fps) / source_fps)))
+    count = max(1, int(math.floor(num_frames * (float(target_fps) / source_fps))))
     return np.floor(np.arange(count) * step).astype(np.int64)
+
+
+def resample_by_time(ticks: list[int], time_base: fractions.Fraction, fps: float) -> np.ndarray:
+    """Indices of the frames shown at times 0, 1/fps, 2/fps, ... of a video
+    whose frames start `ticks` x `time_base` seconds after the first
+    (increasing): at each, the last frame whose time has come, timestamps
+    being rounded to the tick (half a tick of slack). The video lasts its
+    frames' mean spacing past the last one. In integer arithmetic."""
+    count = len(ticks)
+    if count == 1:
+        return np.zeros(1, np.int64)
+    rate = fractions.Fraction(fps) * time_base  # output frames per tick
+    # Frame i is shown from output k on where k >= (ticks[i] - 1/2) * rate.
+    scaled = [(2 * tick - 1) * rate.numerator for tick in ticks]
+    outputs = max(1, ticks[-1] * count * rate.numerator // ((count - 1) * rate.denominator))
+    return np.array([max(bisect.bisect_right(scaled, 2 * k * rate.denominator) - 1, 0) for k in range(outputs)],
+                    np.int64)
+
+
+def constant_rate(ticks: list[int]) -> bool:
+    """Whether the timestamps are those of a constant frame rate, each
+    within one tick of its place (rounding to the time base)."""
+    step = fractions.Fraction(ticks[-1], max(len(ticks) - 1, 1))
+    return all(abs(tick - i * step) <= 1 for i, tick in enumerate(ticks))
 
 
 def kept_frames(num_frames: int, source_fps: float, fps: float | None) -> np.ndarray:
@@ -91,7 +117,9 @@ def probe_video(source: str | os.PathLike | bytes) -> VideoInfo:
         count, first = 0, None
         try:
             for packet in container.demux(stream):
-                if packet.size == 0:  # the flush packet at the end
+                if packet.size == 0:  # the flush packet at the end: it drains a decoder that holds frames back
+                    if first is None:
+                        first = next(iter(packet.decode()), None)
                     continue
                 count += 1
                 if first is None:
@@ -121,7 +149,8 @@ def read_clip(source: str | os.PathLike | bytes, info: VideoInfo, start: int, cl
 
     Equal to `take_clip(read_video(source, fps).frames, start, clip_len)`
     for a constant-frame-rate video whose `info` came from `probe_video`;
-    falls back to exactly that when the stream does not match `info`.
+    falls back to exactly that when the stream does not match `info` (frames
+    missing, or off the nominal rate's grid: a variable frame rate).
     """
     import av
 
@@ -137,7 +166,11 @@ def read_clip(source: str | os.PathLike | bytes, info: VideoInfo, start: int, cl
             if first > 0:
                 container.seek(origin + int(first / info.fps / stream.time_base), stream=stream, backward=True)
             for frame in container.decode(stream):
-                index = round(float((frame.pts - origin) * stream.time_base) * info.fps)
+                position = float((frame.pts - origin) * stream.time_base) * info.fps
+                index = round(position)
+                if abs(position - index) > 0.01:  # off the nominal grid: a variable frame rate
+                    frames = {}
+                    break
                 if index in frames or index < first:
                     continue
                 if index > last:
@@ -151,8 +184,20 @@ def read_clip(source: str | os.PathLike | bytes, info: VideoInfo, start: int, cl
     return _rgb([frames[int(i)] for i in needed])
 
 
+def _ticks(frames) -> list[int] | None:
+    """Each frame's presentation time from the first, in time-base ticks;
+    None when a frame has none or they do not increase."""
+    if any(frame.pts is None for frame in frames):
+        return None
+    ticks = [int(frame.pts - frames[0].pts) for frame in frames]
+    return ticks if all(a < b for a, b in zip(ticks, ticks[1:])) else None
+
+
 def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> Video:
-    """All frames of the first video stream, resampled to `fps` (None: as is).
+    """All frames of the first video stream, resampled to `fps` (None: as is)
+    as torchvision does for a constant frame rate (`resample_indices`), and
+    for a variable one by the frames' timestamps (`resample_by_time`): the
+    frames shown at each output time.
 
     Raises `VideoDecodeError` for missing, empty, unreadable or frameless
     input; a file truncated after some frames yields the frames before the
@@ -164,7 +209,7 @@ def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> V
     frames = []
     with container:
         stream = container.streams.video[0]
-        source_fps = _fps(stream)
+        source_fps, time_base = _fps(stream), stream.time_base  # read while the container is open
         try:
             # Kept decoded; converted to RGB (the costly part) only if sampled.
             frames.extend(container.decode(stream))
@@ -173,9 +218,16 @@ def read_video(source: str | os.PathLike | bytes, fps: float | None = None) -> V
                 raise VideoDecodeError(f"{name}: not a readable video ({error})") from None
     if not frames:
         raise VideoDecodeError(f"{name}: no frames could be decoded")
-    keep = kept_frames(len(frames), source_fps, fps)
     if fps is None or fps >= source_fps:
-        fps = source_fps
+        keep, fps = np.arange(len(frames)), source_fps
+    else:
+        # A constant rate keeps torchvision's choice of frames (by index); a
+        # variable one takes the frames shown at each output time.
+        ticks = _ticks(frames)
+        if ticks and time_base and not constant_rate(ticks):
+            keep = resample_by_time(ticks, time_base, fps)
+        else:
+            keep = resample_indices(len(frames), source_fps, fps)
     rgb = _rgb([frames[i] for i in keep])
     return Video(rgb, fps, source_fps, len(frames))
 
