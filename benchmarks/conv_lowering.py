@@ -1,12 +1,15 @@
 """Time every applicable lowering of every conv shape in the video ResNets.
 
-    python -m benchmarks.conv_lowering [--variants r3d_18 mc3_18 r2plus1d_18] [--batch 4]
+    python -m benchmarks.conv_lowering [--variants r3d_18 mc3_18 r2plus1d_18] [--batch 4] [--dtype bfloat16]
 
 For each distinct conv (input shape, kernel, strides, padding) met in the
 models at `--batch` x 16x112x112, times the forward pass and the
 forward+backward pass of each lowering in `flax_video.conv3d` under jit, and
 prints the median times next to the lowering `conv3d.choose` picks for this
-backend, so the choice can be checked against measurement.
+backend, so the choice can be checked against measurement. The last column
+is torch's `conv3d` of the same shape (channels-last-3d; in bf16 its
+oneDNN kernels, AMX where the CPU has it), the yardstick per shape. XLA
+flags (`XLA_FLAGS`) apply as set, so the same command compares backends.
 """
 from __future__ import annotations
 
@@ -49,10 +52,34 @@ def median_seconds(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def time_lowering(shape, kernel_shape, strides, padding, lowering, repeats):
+def time_torch(shape, kernel_shape, strides, padding, dtype, repeats):
+    import torch
+    x = torch.randn(shape[0], shape[4], *shape[1:4], dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
+    kernel = (torch.randn(kernel_shape[4], kernel_shape[3], *kernel_shape[:3], dtype=dtype) * 0.01).contiguous(
+        memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    kernel.requires_grad_(True)
+
+    def median(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    forward = lambda: torch.nn.functional.conv3d(x, kernel, stride=strides, padding=padding)
+    with torch.no_grad():
+        fwd = median(forward)
+    train = median(lambda: torch.autograd.grad(forward().square().sum(), (x, kernel)))
+    return fwd, train
+
+
+def time_lowering(shape, kernel_shape, strides, padding, lowering, repeats, dtype=jnp.float32):
     kx, kk = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, shape)
-    kernel = jax.random.normal(kk, kernel_shape) * 0.01
+    x = jax.random.normal(kx, shape, dtype)
+    kernel = (jax.random.normal(kk, kernel_shape) * 0.01).astype(dtype)
 
     def forward(x, kernel):
         return conv3d.conv3d(x, kernel, strides, padding, lowering)
@@ -72,7 +99,11 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--chosen-only", action="store_true", help="time only the lowering conv3d.choose picks")
     args = p.parse_args(argv)
+    import torch
+    dtype, torch_dtype = jnp.dtype(args.dtype), getattr(torch, args.dtype)
 
     shapes = {}
     for variant in args.variants:
@@ -80,17 +111,19 @@ def main(argv=None):
             shapes.setdefault(call, 0)
             shapes[call] += 1
     backend = jax.default_backend()
-    print(f"backend: {backend}; {len(shapes)} distinct conv shapes; times in ms "
+    print(f"backend: {backend}, {args.dtype}; {len(shapes)} distinct conv shapes; times in ms "
           "(forward / forward+backward); * marks the lowering conv3d.choose picks")
     for (shape, kernel_shape, strides, padding), uses in shapes.items():
         chosen = conv3d.choose(shape, kernel_shape, strides, padding, backend)
         cells = []
         for lowering in conv3d.LOWERINGS:
-            if not conv3d.applicable(lowering, kernel_shape, padding):
+            if not conv3d.applicable(lowering, kernel_shape, padding) or (args.chosen_only and lowering != chosen):
                 continue
-            fwd, train = time_lowering(shape, kernel_shape, strides, padding, lowering, args.repeats)
+            fwd, train = time_lowering(shape, kernel_shape, strides, padding, lowering, args.repeats, dtype)
             mark = "*" if lowering == chosen else " "
             cells.append(f"{mark}{lowering} {fwd * 1e3:7.2f}/{train * 1e3:7.2f}")
+        fwd, train = time_torch(shape, kernel_shape, strides, padding, torch_dtype, args.repeats)
+        cells.append(f"torch {fwd * 1e3:7.2f}/{train * 1e3:7.2f}")
         print(f"x{uses:<2} in {str(shape):22} k{str(kernel_shape[:3]):10} {kernel_shape[3]:>3}->"
               f"{kernel_shape[4]:<4} s{str(strides):10} | " + " | ".join(cells), flush=True)
 
