@@ -12,21 +12,24 @@ from pathlib import Path
 
 from convert import (ConversionError, flax_to_torchvision, infer_variant, read_state_dict,
                      torchvision_to_flax, write_state_dict)
-from flax_video.pretrained import load_converted, save_variables
 from flax_video import hub
+from flax_video.pretrained import load_converted, save_variables
 from flax_video.registry import list_models
-from flax_video.weights import get_weights, is_weights_name
+from flax_video.weights import get_weights, named_weights
 
 
 def torch2flax(args) -> str:
     source, variant = args.input, args.variant
-    if not Path(source).exists() and (is_weights_name(source) or not Path(source).suffix):
+    try:
+        entry = named_weights(source, variant)
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
+    if entry is None and not Path(source).exists() and not Path(source).suffix:
         try:
-            entry = get_weights(source)
+            get_weights(source)  # neither a file nor a name: the error lists the names
         except ValueError as error:
             raise ConversionError(f"--input {source}: no such file, and {error}") from None
-        if variant and variant != entry.model:
-            raise ConversionError(f"{source} are {entry.model} weights, not {variant}")
+    if entry:
         source, variant = hub.fetch(entry.url, entry.sha256), entry.model
     state_dict = read_state_dict(source)
     variant = variant or infer_variant(state_dict)

@@ -15,7 +15,7 @@ from flax_video.registry import create_model, list_models
 from flax_video.sampling import take_clip, uniform_clip_starts
 from flax_video.transforms import eval_transform
 from flax_video.video import read_video
-from flax_video.weights import EvalTransform, get_weights, is_weights_name, load_pretrained, weights_for_file
+from flax_video.weights import EvalTransform, load_pretrained, named_weights, weights_for_file
 
 
 def load_weights(weights: str | os.PathLike, variant: str | None = None) -> tuple[dict, str]:
@@ -26,12 +26,10 @@ def load_weights(weights: str | os.PathLike, variant: str | None = None) -> tupl
     or inferred from, the weights."""
     # Imported here: convert depends on flax_video, not the other way round.
     from convert.files import WEIGHT_SUFFIXES
-    path = Path(weights)
-    if not path.exists() and is_weights_name(str(weights)):
-        entry = get_weights(str(weights))
-        if variant and variant != entry.model:
-            raise ValueError(f"{weights} are {entry.model} weights, not {variant}")
+    entry = named_weights(weights, variant)
+    if entry:
         return load_pretrained(entry.name)[1], entry.model
+    path = Path(weights)
     if path.suffix in WEIGHT_SUFFIXES:
         from convert import load_torchvision_weights
         return load_torchvision_weights(path, variant)
@@ -43,8 +41,7 @@ def eval_transform_of(weights: str | os.PathLike, clip_len: int | None = None,
     """The evaluation transform the weights were published with (by name, or
     by a published file's name), else torchvision's video preset; `clip_len`
     and `fps`, when given, override it."""
-    entry = (get_weights(str(weights)) if is_weights_name(str(weights)) and not Path(weights).exists()
-             else weights_for_file(Path(weights).name))
+    entry = named_weights(weights) or weights_for_file(Path(weights).name)
     transform = entry.transform if entry else EvalTransform()
     overrides = {k: v for k, v in (("clip_len", clip_len), ("fps", fps)) if v is not None}
     return dataclasses.replace(transform, **overrides)

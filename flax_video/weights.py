@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -116,6 +117,18 @@ def get_weights(name: str) -> Weights:
         raise ValueError(f"no published weights named {name!r}; weights exist for: "
                          f"{', '.join(list_pretrained())} (a model name means its first tag: "
                          f"{', '.join(sorted(DEFAULT_TAGS))})")
+    return entry
+
+
+def named_weights(source, variant: str | None = None) -> Weights | None:
+    """The entry `source` names, when it is not an existing path but a
+    weights name (what the CLIs' weight arguments accept); `variant`, when
+    given, must be its model."""
+    if Path(source).exists() or not is_weights_name(str(source)):
+        return None
+    entry = get_weights(str(source))
+    if variant and variant != entry.model:
+        raise ValueError(f"{source} are {entry.model} weights, not {variant}")
     return entry
 
 
