@@ -1,6 +1,7 @@
 """Time every applicable lowering of every conv shape in the video ResNets.
 
     python -m benchmarks.conv_lowering [--variants r3d_18 mc3_18 r2plus1d_18] [--batch 4] [--dtype bfloat16]
+        [--lowerings onednn xla]
 
 For each distinct conv (input shape, kernel, strides, padding) met in the
 models at `--batch` x 16x112x112, times the forward pass and the
@@ -100,7 +101,9 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--chosen-only", action="store_true", help="time only the lowering conv3d.choose picks")
+    p.add_argument("--lowerings", nargs="+", default=list(conv3d.LOWERINGS), metavar="NAME",
+                   help="the lowerings to time, where they apply; 'chosen' is the one conv3d.choose picks, "
+                        "'xla' the best of XLA's own (conv3d.choose_xla)")
     args = p.parse_args(argv)
     import torch
     dtype, torch_dtype = jnp.dtype(args.dtype), getattr(torch, args.dtype)
@@ -114,10 +117,12 @@ def main(argv=None):
     print(f"backend: {backend}, {args.dtype}; {len(shapes)} distinct conv shapes; times in ms "
           "(forward / forward+backward); * marks the lowering conv3d.choose picks")
     for (shape, kernel_shape, strides, padding), uses in shapes.items():
-        chosen = conv3d.choose(shape, kernel_shape, strides, padding, backend)
+        chosen = conv3d.choose(shape, kernel_shape, strides, padding, backend, dtype)
+        wanted = {{"chosen": chosen, "xla": conv3d.choose_xla(shape, kernel_shape, strides, padding)}.get(name, name)
+                  for name in args.lowerings}
         cells = []
         for lowering in conv3d.LOWERINGS:
-            if not conv3d.applicable(lowering, kernel_shape, padding) or (args.chosen_only and lowering != chosen):
+            if not conv3d.applicable(lowering, kernel_shape, padding) or lowering not in wanted:
                 continue
             fwd, train = time_lowering(shape, kernel_shape, strides, padding, lowering, args.repeats, dtype)
             mark = "*" if lowering == chosen else " "

@@ -3,16 +3,22 @@
 Every lowering computes the same function as one `lax.conv_general_dilated`
 over NDHWC/DHWIO (up to float rounding); the kernel is always stored in its
 standard `(kt, kh, kw, in, out)` layout, so checkpoints and the converter never
-see which lowering ran. XLA:CPU's 2D convolutions are much faster than its 3D
-ones, so on CPU most shapes are rewritten as 2D convolutions or matmuls
-(`benchmarks/conv_lowering.py` measures each choice); on GPU cuDNN's 3D
-convolution is used as is.
+see which lowering ran. On CPU, float32 and bfloat16 convs run through
+oneDNN's kernels where `flax_video.onednn` is available; otherwise, as
+XLA:CPU's 2D convolutions are much faster than its 3D ones, most shapes are
+rewritten as 2D convolutions or matmuls (`benchmarks/conv_lowering.py`
+measures each choice). On GPU cuDNN's 3D convolution is used as is.
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from flax_video import onednn as _onednn
 
 Triple = tuple[int, int, int]
 
@@ -98,7 +104,13 @@ def im2col(x, kernel, strides: Triple, padding: Triple):
     return jnp.einsum("nthwk,ko->nthwo", patches, kernel.reshape(-1, out))
 
 
-LOWERINGS = {f.__name__: f for f in (native, pointwise, spatial2d, temporal2d, sum2d, im2col)}
+def onednn(x, kernel, strides: Triple, padding: Triple):
+    """oneDNN's own 3D convolution, as torch runs it on CPU (AMX in bf16 where
+    the CPU has it); an XLA custom call, CPU only."""
+    return _onednn.conv3d(x, kernel, strides, padding)
+
+
+LOWERINGS = {f.__name__: f for f in (native, pointwise, spatial2d, temporal2d, sum2d, im2col, onednn)}
 
 
 def applicable(name: str, kernel_shape, padding: Triple) -> bool:
@@ -110,6 +122,8 @@ def applicable(name: str, kernel_shape, padding: Triple) -> bool:
         return kt == 1 and pt == 0
     if name == "temporal2d":
         return kh == kw == 1 and ph == pw == 0
+    if name == "onednn":
+        return _onednn.available()
     return name in ("native", "sum2d", "im2col")
 
 
@@ -124,10 +138,32 @@ IM2COL_MAX_PIXELS = 4
 IM2COL_MAX_PIXELS_3D = 49
 
 
-def choose(input_shape, kernel_shape, strides: Triple, padding: Triple, backend: str) -> str:
+_portable = contextvars.ContextVar("flax_video_portable_convs", default=False)
+
+
+@contextlib.contextmanager
+def portable():
+    """Trace convs without custom calls (for `jax.export`, whose artifacts
+    must run where flax_video's oneDNN extension is not registered)."""
+    token = _portable.set(True)
+    try:
+        yield
+    finally:
+        _portable.reset(token)
+
+
+def choose(input_shape, kernel_shape, strides: Triple, padding: Triple, backend: str,
+           dtype=jnp.float32) -> str:
     """The fastest lowering measured for this conv shape on `backend`."""
     if backend != "cpu":
         return "native"
+    if jnp.dtype(dtype) in _onednn.DTYPES and not _portable.get() and _onednn.available():
+        return "onednn"
+    return choose_xla(input_shape, kernel_shape, strides, padding)
+
+
+def choose_xla(input_shape, kernel_shape, strides: Triple, padding: Triple) -> str:
+    """The fastest of XLA:CPU's own lowerings for this conv shape."""
     _, _, h, w, _ = input_shape
     _, kh, kw = kernel_shape[:3]
     _, sh, sw = strides
@@ -174,7 +210,7 @@ def conv3d(x, kernel, strides: Triple, padding: Triple, lowering: str | None = N
     strides, padding = tuple(strides), tuple(padding)
     if lowering is None:
         kernel, padding = drop_dead_taps(x.shape, kernel, strides, padding)
-        lowering = choose(x.shape, kernel.shape, strides, padding, jax.default_backend())
+        lowering = choose(x.shape, kernel.shape, strides, padding, jax.default_backend(), x.dtype)
     if lowering not in LOWERINGS or not applicable(lowering, kernel.shape, padding):
         raise ValueError(f"lowering {lowering!r} does not apply to kernel "
                          f"{kernel.shape[:3]} with padding {padding}")

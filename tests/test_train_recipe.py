@@ -174,13 +174,15 @@ def test_bfloat16_computes_convolutions_in_bf16_keeps_float32_state_and_learns()
         state = jax.tree_util.tree_map(lambda x: x[None], steps.create_state(variables, tx))
         step = jax.jit(jax.vmap(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule),
                                 axis_name=steps.AXIS))
-        # Forward and backward: the operands of every convolution and of every
-        # matrix product (the matmul lowerings of convs on small frames, the
-        # head) are in `dtype`. Products with a vector are BatchNorm's channel
+        # Forward and backward: the operands of every convolution (XLA's or
+        # oneDNN's custom calls) and of every matrix product (the matmul
+        # lowerings of convs on small frames, the head) are in `dtype`. Products with a vector are BatchNorm's channel
         # sums, float32 by design.
         operand_types = []
-        for op in re.findall(r"stablehlo.(?:convolution|dot_general).*", step.lower(state, batch).as_text()):
-            operands = re.findall(r"tensor<([0-9x]+)x(\w+)>", op.rsplit("->", 1)[0])
+        convs = r"stablehlo.(?:convolution|dot_general).*|stablehlo.custom_call @flax_video_onednn_conv.*"
+        for op in re.findall(convs, step.lower(state, batch).as_text()):
+            signature = op.rsplit(" : ", 1)[-1]  # after the attributes
+            operands = re.findall(r"tensor<([0-9x]+)x(\w+)>", signature.rsplit("->", 1)[0])
             if all(shape.count("x") >= 1 for shape, _ in operands):
                 operand_types += [t for _, t in operands]
         assert len(operand_types) > 2 * 3 * 20 and set(operand_types) == {"bf16" if dtype == "bfloat16" else "f32"}

@@ -1,0 +1,135 @@
+"""3D convolutions on CPU through oneDNN, the library torch's CPU convs run on.
+
+XLA:CPU reaches neither oneDNN's blocked direct convolutions nor AMX: no XLA
+flag brought r3d_18's bf16 inference near torch's (`benchmarks/results/`).
+`flax_video._onednn` (C++, built by `pip install`) calls oneDNN's forward,
+input-gradient and kernel-gradient convolutions as XLA FFI custom calls, on
+the NDHWC / DHWIO arrays JAX already holds; `conv3d` below ties them together
+with a custom VJP, so `jit`, `grad`, `vmap` and `pmap` work as for any
+JAX function. The library is the `onednn-cpu-gomp` wheel's `libdnnl.so.3`,
+opened at run time.
+
+It is used for float32 and bfloat16 convs on x86-64 CPUs with AVX-512 (where
+it was measured to win) when the extension and the library load;
+`FLAX_VIDEO_ONEDNN=0` turns it off. Which path runs is logged once, on the
+"flax_video" logger.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import os
+import platform
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV_VAR = "FLAX_VIDEO_ONEDNN"
+LIBRARY_PACKAGE = "onednn-cpu-gomp"
+DTYPES = (jnp.float32, jnp.bfloat16)
+
+log = logging.getLogger("flax_video")
+
+
+def _library_path() -> Path | None:
+    try:
+        files = importlib.metadata.distribution(LIBRARY_PACKAGE).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    dist = importlib.metadata.distribution(LIBRARY_PACKAGE)
+    return next((Path(dist.locate_file(f)) for f in files if f.name == "libdnnl.so.3"), None)
+
+
+def _has_avx512() -> bool:
+    try:
+        return " avx512f " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
+    except OSError:
+        return False
+
+
+@functools.cache
+def status() -> tuple[bool, str]:
+    """(whether convs can run through oneDNN, what runs or why not). Opens the
+    library and registers the FFI targets on first call."""
+    if os.environ.get(ENV_VAR, "1") == "0":
+        return False, f"{ENV_VAR}=0"
+    if platform.system() != "Linux" or platform.machine() != "x86_64" or not _has_avx512():
+        return False, "oneDNN is used only on x86-64 Linux CPUs with AVX-512, where it was measured"
+    try:
+        from flax_video import _onednn
+    except ImportError as e:
+        return False, f"the extension flax_video._onednn was not built ({e}); reinstall with a C++ compiler"
+    path = _library_path()
+    if path is None:
+        return False, f"libdnnl.so.3 not found: pip install {LIBRARY_PACKAGE}"
+    try:
+        version = _onednn.load(str(path))
+    except OSError as e:
+        return False, str(e)
+    for name, handler in _onednn.targets().items():
+        jax.ffi.register_ffi_target(name, handler, platform="cpu")
+    return True, version
+
+
+@functools.cache
+def available() -> bool:
+    """True where convs run through oneDNN; logs which path runs, once."""
+    ok, what = status()
+    if ok:
+        log.info("flax_video: 3D convolutions on CPU run through %s", what)
+    else:
+        log.info("flax_video: 3D convolutions on CPU run through XLA (oneDNN not used: %s)", what)
+    return ok
+
+
+def plans() -> list[str]:
+    """The convs planned so far, each with the oneDNN implementation it runs
+    (`brgconv:avx512_core_amx` where AMX serves it)."""
+    from flax_video import _onednn
+    return _onednn.plans() if status()[0] else []
+
+
+def _output_shape(x_shape, kernel_shape, strides, padding):
+    spatial = [(size + 2 * p - k) // s + 1
+               for size, k, s, p in zip(x_shape[1:4], kernel_shape[:3], strides, padding)]
+    return (x_shape[0], *spatial, kernel_shape[4])
+
+
+def _call(target: str, like, a, b, strides, padding):
+    return jax.ffi.ffi_call(f"flax_video_onednn_conv_{target}", jax.ShapeDtypeStruct(like.shape, like.dtype),
+                            vmap_method="expand_dims")(
+        a, b, strides=np.asarray(strides, np.int64), padding=np.asarray(padding, np.int64))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, padding):
+    y = jax.ShapeDtypeStruct(_output_shape(x.shape, kernel.shape, strides, padding), x.dtype)
+    return _call("forward", y, x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+    return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, dy):
+    x, kernel = residuals
+    dx = _call("backward_data", x, dy, kernel, strides, padding)
+    dkernel = _call("backward_weights", kernel, x, dy, strides, padding)
+    return dx, dkernel
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv3d(x, kernel, strides, padding):
+    """The conv of `flax_video.conv3d` (NDHWC input, DHWIO kernel, symmetric
+    padding) through oneDNN; x and kernel of one dtype, float32 or bfloat16."""
+    if not available():
+        raise RuntimeError(f"oneDNN convs are not available: {status()[1]}")
+    if x.dtype != kernel.dtype or x.dtype not in DTYPES:
+        raise ValueError(f"oneDNN convs take float32 or bfloat16 operands of one dtype, not {x.dtype} and "
+                         f"{kernel.dtype}")
+    return _conv(x, kernel, tuple(int(s) for s in strides), tuple(int(p) for p in padding))

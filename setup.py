@@ -1,0 +1,19 @@
+"""Builds flax_video._onednn, the C++ extension behind flax_video/onednn.py:
+XLA FFI handlers for oneDNN's 3D convolutions. It needs only jaxlib's FFI
+headers and a C++17 compiler (oneDNN itself is opened at run time); where it
+cannot be built the install goes on without it and convs run through XLA.
+Everything else about the package is in pyproject.toml."""
+from pathlib import Path
+
+import jaxlib
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension(
+    "flax_video._onednn",
+    sources=["flax_video/csrc/onednn_conv.cc"],
+    include_dirs=[str(Path(jaxlib.__file__).parent / "include")],
+    extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden"],
+    libraries=["dl"],
+    language="c++",
+    optional=True,
+)])
