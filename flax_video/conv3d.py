@@ -11,9 +11,6 @@ measures each choice). On GPU cuDNN's 3D convolution is used as is.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -138,26 +135,12 @@ IM2COL_MAX_PIXELS = 4
 IM2COL_MAX_PIXELS_3D = 49
 
 
-_portable = contextvars.ContextVar("flax_video_portable_convs", default=False)
-
-
-@contextlib.contextmanager
-def portable():
-    """Trace convs without custom calls (for `jax.export`, whose artifacts
-    must run where flax_video's oneDNN extension is not registered)."""
-    token = _portable.set(True)
-    try:
-        yield
-    finally:
-        _portable.reset(token)
-
-
 def choose(input_shape, kernel_shape, strides: Triple, padding: Triple, backend: str,
            dtype=jnp.float32) -> str:
     """The fastest lowering measured for this conv shape on `backend`."""
     if backend != "cpu":
         return "native"
-    if jnp.dtype(dtype) in _onednn.DTYPES and not _portable.get() and _onednn.available():
+    if _onednn.enabled(dtype, backend):
         return "onednn"
     return choose_xla(input_shape, kernel_shape, strides, padding)
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_video import conv3d
+from flax_video import onednn
 from flax_video.registry import create_model
 from flax_video.weights import EvalTransform
 
@@ -37,7 +37,7 @@ def export_model(name: str, variables: dict, num_classes: int, transform: EvalTr
     clips = jax.ShapeDtypeStruct((size, transform.clip_len, transform.crop, transform.crop, 3), jnp.float32)
     forward = jax.jit(lambda x: model.apply(variables, x).astype(jnp.float32))
     # XLA's own lowerings: an artifact must not call flax_video's oneDNN extension.
-    with conv3d.portable():
+    with onednn.portable():
         return jax.export.export(forward, platforms=platforms)(clips)
 
 

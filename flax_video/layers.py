@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from flax_video import onednn
 from flax_video.conv3d import conv3d
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated.
@@ -96,9 +97,13 @@ def _channel_sum(x, dtype):
 
 def _normalize_in_train_mode(x, scale, bias, epsilon, dtype, axis_name):
     """Train-mode BatchNorm: (y, batch mean, biased batch variance, count),
-    the statistics over every replica when `axis_name` is set."""
+    the statistics over every replica when `axis_name` is set. On CPU
+    oneDNN's BatchNorm computes it where it can (no replicas to average
+    over): a pass or two over x where XLA:CPU needs several."""
     stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
     count = math.prod(x.shape[:-1]) * (lax.axis_size(axis_name) if axis_name else 1)
+    if axis_name is None and x.dtype == jnp.dtype(dtype) and onednn.enabled(dtype):
+        return (*onednn.batch_norm(x, scale, bias, epsilon), count)
     total = (lambda v: lax.psum(v, axis_name)) if axis_name else (lambda v: v)
 
     @jax.custom_vjp

@@ -1,6 +1,6 @@
-"""oneDNN's convs (flax_video.onednn) compute XLA's: both passes, float32 and
-bfloat16, under jit, vmap and pmap; they are used where the CPU has AVX-512,
-and turned off they leave the XLA lowerings."""
+"""oneDNN's convs and BatchNorm (flax_video.onednn) compute what XLA does:
+both passes, float32 and bfloat16, under jit, vmap and pmap; they are used
+where the CPU has AVX-512, and turned off they leave the XLA lowerings."""
 import logging
 import platform
 import subprocess
@@ -61,13 +61,15 @@ def test_declared_abi_matches_onednn_headers(tmp_path):
     assert (include / "oneapi/dnnl/dnnl.h").exists()
     names = {"success": "dnnl_success", "bf16": "dnnl_bf16", "f32": "dnnl_f32", "cpu": "dnnl_cpu",
              "stream_default_flags": "dnnl_stream_default_flags", "format_tag_any": "dnnl_format_tag_any",
-             "forward_training": "dnnl_forward_training", "convolution_direct": "dnnl_convolution_direct",
-             "scratchpad_mode_user": "dnnl_scratchpad_mode_user"}
+             "forward_training": "dnnl_forward_training", "backward": "dnnl_backward",
+             "convolution_direct": "dnnl_convolution_direct", "scratchpad_mode_user": "dnnl_scratchpad_mode_user",
+             "use_scale": "dnnl_use_scale", "use_shift": "dnnl_use_shift"}
     names.update({f"query_{q}": f"dnnl_query_{q}" for q in (
         "impl_info_str", "src_md", "diff_src_md", "weights_md", "diff_weights_md", "dst_md", "diff_dst_md",
         "scratchpad_md")})
     names.update({f"arg_{a}": f"DNNL_ARG_{a.upper()}" for a in (
-        "src", "dst", "weights", "scratchpad", "diff_src", "diff_dst", "diff_weights", "from", "to")})
+        "src", "dst", "weights", "scratchpad", "diff_src", "diff_dst", "diff_weights", "from", "to", "mean",
+        "variance", "scale", "shift", "diff_scale", "diff_shift")})
     checks = "\n".join(f"static_assert(dnnl_abi::{ours} == int({theirs}), \"{ours}\");" for ours, theirs in names.items())
     source = tmp_path / "abi.cc"
     source.write_text(textwrap.dedent("""\
@@ -157,8 +159,45 @@ def test_refuses_other_dtypes_and_float16_keeps_xla():
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         onednn.conv3d(x, kernel, (1, 1, 1), (1, 1, 1))
     assert conv3d.choose(x.shape, kernel.shape, (1, 1, 1), (1, 1, 1), "cpu", jnp.float16) != "onednn"
-    with conv3d.portable():
+    with onednn.portable():
         assert conv3d.choose(x.shape, kernel.shape, (1, 1, 1), (1, 1, 1), "cpu", jnp.float32) != "onednn"
+
+
+def reference_batch_norm(x, scale, shift, epsilon):
+    """Train-mode BatchNorm in float32 by the formula: y, mean, biased variance."""
+    x = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    var = jnp.square(x - mean).mean(axes)
+    return (x - mean) * lax.rsqrt(var + epsilon) * scale + shift, mean, var
+
+
+@requires_onednn
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 2e-5), (jnp.bfloat16, 2 ** -7)])
+def test_batch_norm_matches_the_formula_with_its_gradients(dtype, tolerance):
+    kx, ks, kb, kc = jax.random.split(jax.random.key(0), 4)
+    x = (jax.random.normal(kx, (2, 4, 6, 6, 24)) * 3 + 1.5).astype(dtype)
+    scale, shift = 1 + 0.1 * jax.random.normal(ks, (24,)), 0.1 * jax.random.normal(kb, (24,))
+    dy, dmean, dvar = jax.random.normal(kc, x.shape).astype(dtype), jnp.linspace(-1, 1, 24), jnp.linspace(2, 0, 24)
+    got, got_vjp = jax.vjp(lambda *a: onednn.batch_norm(*a, 1e-5), x, scale, shift)
+    want, want_vjp = jax.vjp(lambda *a: reference_batch_norm(*a, 1e-5), x.astype(jnp.float32), scale, shift)
+    assert got[0].dtype == dtype and got[1].dtype == got[2].dtype == jnp.float32
+    for name, g, w in zip(("y", "mean", "var"), got, want):
+        assert relative_error(g, w) < tolerance, name
+    # Training: the statistics only feed the running averages (zero cotangents);
+    # and with cotangents for them too.
+    for cotangents in ((dy, jnp.zeros(24), jnp.zeros(24)), (dy, dmean, dvar)):
+        for name, g, w in zip(("dx", "dscale", "dshift"), got_vjp(cotangents),
+                              want_vjp(tuple(c.astype(jnp.float32) for c in cotangents))):
+            assert relative_error(g, w) < tolerance, name
+    # Under jit through the model's layer: the same as XLA's train-mode BatchNorm.
+    from flax_video.layers import BatchNorm
+    layer = BatchNorm(use_running_average=False, dtype=dtype)
+    variables = {**layer.init(jax.random.key(1), x), "params": {"scale": scale, "bias": shift}}
+    y, stats = jax.jit(lambda v, x: layer.apply(v, x, mutable=["batch_stats"]))(variables, x)
+    assert relative_error(y, want[0]) < tolerance
+    count = x.size // 24
+    np.testing.assert_allclose(stats["batch_stats"]["var"], 0.9 + 0.1 * want[2] * count / (count - 1), rtol=1e-5)
 
 
 PMAP_AND_SHARDING = """

@@ -44,9 +44,11 @@ enum : int {
   stream_default_flags = 1,  // dnnl_stream_in_order
   format_tag_any = 1,
   forward_training = 64,     // dnnl_prop_kind_t
-  forward_inference = 96,
+  backward = 128,
   convolution_direct = 1,    // dnnl_alg_kind_t
   scratchpad_mode_user = 1,
+  use_scale = 2,             // dnnl_normalization_flags_t
+  use_shift = 4,
   query_impl_info_str = 8,   // dnnl_query_t
   query_src_md = 129,
   query_diff_src_md = 130,
@@ -58,10 +60,16 @@ enum : int {
   arg_src = 1,               // DNNL_ARG_*
   arg_dst = 17,
   arg_weights = 33,
+  arg_mean = 49,
+  arg_variance = 50,
+  arg_scale = 51,
+  arg_shift = 52,
   arg_scratchpad = 80,
   arg_diff_src = 129,
   arg_diff_dst = 145,
   arg_diff_weights = 161,
+  arg_diff_scale = 255,
+  arg_diff_shift = 256,
   arg_from = arg_src,
   arg_to = arg_dst,
 };
@@ -98,6 +106,12 @@ enum : int {
     (primitive_desc_t*, engine_t, int, const_memory_desc_t, const_memory_desc_t,                      \
      const_memory_desc_t, const_memory_desc_t, const dims_t, const dims_t, const dims_t,              \
      const dims_t, const_primitive_desc_t, const_primitive_attr_t))                                   \
+  X(dnnl_batch_normalization_forward_primitive_desc_create, status_t,                                 \
+    (primitive_desc_t*, engine_t, int, const_memory_desc_t, const_memory_desc_t, float, unsigned,     \
+     const_primitive_attr_t))                                                                         \
+  X(dnnl_batch_normalization_backward_primitive_desc_create, status_t,                                \
+    (primitive_desc_t*, engine_t, int, const_memory_desc_t, const_memory_desc_t, const_memory_desc_t, \
+     float, unsigned, const_primitive_desc_t, const_primitive_attr_t))                                \
   X(dnnl_reorder_primitive_desc_create, status_t,                                                     \
     (primitive_desc_t*, const_memory_desc_t, engine_t, const_memory_desc_t, engine_t,                 \
      const_primitive_attr_t))                                                                         \

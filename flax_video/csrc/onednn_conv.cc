@@ -1,5 +1,6 @@
 // flax_video._onednn: 3D convolutions over NDHWC / DHWIO arrays (forward, input
-// gradient, kernel gradient) through oneDNN, as XLA FFI handlers for the CPU.
+// gradient, kernel gradient) and train-mode BatchNorm (forward, backward) through
+// oneDNN, as XLA FFI handlers for the CPU.
 //
 // libdnnl.so.3 is opened at run time (`load`), so the extension builds with only
 // jaxlib's FFI headers and falls back cleanly where the library is missing. Each
@@ -272,6 +273,128 @@ void run(const Geometry& g, void* a, void* b, void* out) {
 }
 
 
+// BatchNorm in train mode over a (rows, c) view: statistics over the rows, the
+// scale and shift float32, as torch's BatchNorm3d computes it (biased variance).
+enum NormKind : int { kNormForward = 0, kNormBackward = 1 };
+
+struct NormPlan {
+  Step step;
+  memory_desc_t data = nullptr, stats = nullptr;
+  size_t scratch_bytes = 0;
+  std::string description;
+};
+
+std::unordered_map<std::string, std::unique_ptr<NormPlan>> norm_plans;  // guarded by plans_mutex
+
+const NormPlan& norm_plan_for(int kind, int dtype, int64_t rows, int64_t c, float epsilon) {
+  std::string key = std::to_string(kind) + "," + std::to_string(dtype) + "," + std::to_string(rows) + "," +
+                    std::to_string(c) + "," + std::to_string(epsilon);
+  std::lock_guard<std::mutex> lock(plans_mutex);
+  auto& slot = norm_plans[key];
+  if (slot) return *slot;
+  auto plan = std::make_unique<NormPlan>();
+  dims_t dims = {rows, c}, strides = {c, 1}, stat_dims = {c}, stat_strides = {1};
+  CHECK(dnnl_memory_desc_create_with_strides(&plan->data, 2, dims, dtype, strides));
+  CHECK(dnnl_memory_desc_create_with_strides(&plan->stats, 1, stat_dims, f32, stat_strides));
+  primitive_attr_t attr;
+  CHECK(dnnl_primitive_attr_create(&attr));
+  CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, scratchpad_mode_user));
+  unsigned flags = use_scale | use_shift;
+  primitive_desc_t forward, pd;
+  CHECK(dnnl_batch_normalization_forward_primitive_desc_create(&forward, dnnl->engine, forward_training, plan->data,
+                                                                plan->data, epsilon, flags, attr));
+  if (kind == kNormForward) {
+    pd = forward;
+    forward = nullptr;
+  } else {
+    CHECK(dnnl_batch_normalization_backward_primitive_desc_create(&pd, dnnl->engine, backward, plan->data, plan->data,
+                                                                   plan->data, epsilon, flags, forward, attr));
+  }
+  plan->description = std::string(kind == kNormForward ? "batch_norm_forward " : "batch_norm_backward ") + key +
+                      " " + impl_name(pd);
+  plan->step = make_step(pd, &plan->scratch_bytes);
+  if (forward) dnnl->dnnl_primitive_desc_destroy(forward);
+  dnnl->dnnl_primitive_attr_destroy(attr);
+  slot = std::move(plan);
+  return *slot;
+}
+
+// The (rows, c) view of x, checking the per-channel operands' sizes.
+ffi::Error norm_shape(ffi::AnyBuffer x, std::initializer_list<int64_t> channel_sizes, int* dtype, int64_t* rows,
+                      int64_t* c) {
+  auto dims = x.dimensions();
+  if (x.element_type() != ffi::F32 && x.element_type() != ffi::BF16)
+    return ffi::Error::InvalidArgument("flax_video._onednn: batch norm of float32 or bfloat16 only");
+  if (dims.size() < 2) return ffi::Error::InvalidArgument("flax_video._onednn: batch norm needs rank >= 2");
+  *dtype = x.element_type() == ffi::F32 ? f32 : bf16;
+  *c = dims[dims.size() - 1];
+  *rows = 1;
+  for (size_t i = 0; i + 1 < dims.size(); i++) *rows *= dims[i];
+  for (int64_t n : channel_sizes)
+    if (n != *c) return ffi::Error::InvalidArgument("flax_video._onednn: per-channel operands of the wrong size");
+  return ffi::Error::Success();
+}
+
+ffi::Error norm_forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
+                        ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
+                        ffi::Result<ffi::Buffer<ffi::F32>> var, float epsilon) {
+  if (!dnnl) return ffi::Error::Internal("flax_video._onednn: load() was not called");
+  int dtype;
+  int64_t rows, c;
+  ffi::Error shape = norm_shape(x, {int64_t(scale.element_count()), int64_t(shift.element_count()),
+                                    int64_t(mean->element_count()), int64_t(var->element_count())},
+                                &dtype, &rows, &c);
+  if (shape.failure()) return shape;
+  try {
+    const NormPlan& plan = norm_plan_for(kNormForward, dtype, rows, c, epsilon);
+    ThreadState& state = thread_state();
+    Memory src(plan.data, x.untyped_data()), dst(plan.data, y->untyped_data());
+    Memory sc(plan.stats, scale.typed_data()), sh(plan.stats, shift.typed_data());
+    Memory m(plan.stats, mean->typed_data()), v(plan.stats, var->typed_data());
+    Memory scratch(plan.step.scratch, state.scratch.get(plan.scratch_bytes));
+    execute(plan.step.primitive, state, {{arg_src, src.get()}, {arg_dst, dst.get()}, {arg_scale, sc.get()},
+                                         {arg_shift, sh.get()}, {arg_mean, m.get()}, {arg_variance, v.get()},
+                                         {arg_scratchpad, scratch.get()}});
+    CHECK(dnnl_stream_wait(state.stream));
+  } catch (const Failure& f) {
+    return ffi::Error::Internal("flax_video._onednn: " + f.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error norm_backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> scale,
+                         ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var, ffi::Result<ffi::AnyBuffer> dx,
+                         ffi::Result<ffi::Buffer<ffi::F32>> dscale, ffi::Result<ffi::Buffer<ffi::F32>> dshift,
+                         float epsilon) {
+  if (!dnnl) return ffi::Error::Internal("flax_video._onednn: load() was not called");
+  int dtype;
+  int64_t rows, c;
+  ffi::Error shape = norm_shape(x, {int64_t(scale.element_count()), int64_t(mean.element_count()),
+                                    int64_t(var.element_count()), int64_t(dscale->element_count()),
+                                    int64_t(dshift->element_count())},
+                                &dtype, &rows, &c);
+  if (shape.failure()) return shape;
+  if (dy.element_type() != x.element_type() || dy.element_count() != x.element_count())
+    return ffi::Error::InvalidArgument("flax_video._onednn: batch norm gradient of another shape or dtype");
+  try {
+    const NormPlan& plan = norm_plan_for(kNormBackward, dtype, rows, c, epsilon);
+    ThreadState& state = thread_state();
+    Memory src(plan.data, x.untyped_data()), diff_dst(plan.data, dy.untyped_data());
+    Memory diff_src(plan.data, dx->untyped_data()), sc(plan.stats, scale.typed_data());
+    Memory m(plan.stats, mean.typed_data()), v(plan.stats, var.typed_data());
+    Memory dsc(plan.stats, dscale->typed_data()), dsh(plan.stats, dshift->typed_data());
+    Memory scratch(plan.step.scratch, state.scratch.get(plan.scratch_bytes));
+    execute(plan.step.primitive, state, {{arg_src, src.get()}, {arg_diff_dst, diff_dst.get()}, {arg_scale, sc.get()},
+                                         {arg_mean, m.get()}, {arg_variance, v.get()}, {arg_diff_src, diff_src.get()},
+                                         {arg_diff_scale, dsc.get()}, {arg_diff_shift, dsh.get()},
+                                         {arg_scratchpad, scratch.get()}});
+    CHECK(dnnl_stream_wait(state.stream));
+  } catch (const Failure& f) {
+    return ffi::Error::Internal("flax_video._onednn: " + f.what());
+  }
+  return ffi::Error::Success();
+}
+
 // The leading dimensions of a rank-(5 + k) operand: the batch that vmap adds.
 struct Operand {
   char* data;
@@ -395,6 +518,26 @@ ffi::Error backward_weights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi
 XLA_FFI_DEFINE_HANDLER(forward_handler, forward, FLAX_VIDEO_BINDING);
 XLA_FFI_DEFINE_HANDLER(backward_data_handler, backward_data, FLAX_VIDEO_BINDING);
 XLA_FFI_DEFINE_HANDLER(backward_weights_handler, backward_weights, FLAX_VIDEO_BINDING);
+XLA_FFI_DEFINE_HANDLER(norm_forward_handler, norm_forward,
+                       ffi::Ffi::Bind()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::Buffer<ffi::F32>>()
+                           .Arg<ffi::Buffer<ffi::F32>>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::Buffer<ffi::F32>>()
+                           .Ret<ffi::Buffer<ffi::F32>>()
+                           .Attr<float>("epsilon"));
+XLA_FFI_DEFINE_HANDLER(norm_backward_handler, norm_backward,
+                       ffi::Ffi::Bind()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::Buffer<ffi::F32>>()
+                           .Arg<ffi::Buffer<ffi::F32>>()
+                           .Arg<ffi::Buffer<ffi::F32>>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::Buffer<ffi::F32>>()
+                           .Ret<ffi::Buffer<ffi::F32>>()
+                           .Attr<float>("epsilon"));
 
 // load(path) -> description: opens libdnnl.so.3 and makes the CPU engine.
 PyObject* load(PyObject*, PyObject* args) {
@@ -429,6 +572,8 @@ PyObject* targets(PyObject*, PyObject*) {
   add("flax_video_onednn_conv_forward", forward_handler);
   add("flax_video_onednn_conv_backward_data", backward_data_handler);
   add("flax_video_onednn_conv_backward_weights", backward_weights_handler);
+  add("flax_video_onednn_batch_norm_forward", norm_forward_handler);
+  add("flax_video_onednn_batch_norm_backward", norm_backward_handler);
   return out;
 }
 
@@ -436,11 +581,13 @@ PyObject* targets(PyObject*, PyObject*) {
 PyObject* list_plans(PyObject*, PyObject*) {
   std::lock_guard<std::mutex> lock(plans_mutex);
   PyObject* out = PyList_New(0);
-  for (auto& [key, plan] : plans) {
-    PyObject* s = PyUnicode_FromString(plan->description.c_str());
+  auto append = [out](const std::string& description) {
+    PyObject* s = PyUnicode_FromString(description.c_str());
     PyList_Append(out, s);
     Py_DECREF(s);
-  }
+  };
+  for (auto& [key, plan] : plans) append(plan->description);
+  for (auto& [key, plan] : norm_plans) append(plan->description);
   return out;
 }
 
