@@ -102,7 +102,8 @@ def _normalize_in_train_mode(x, scale, bias, epsilon, dtype, axis_name):
     over): a pass or two over x where XLA:CPU needs several."""
     stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
     count = math.prod(x.shape[:-1]) * (lax.axis_size(axis_name) if axis_name else 1)
-    if axis_name is None and x.dtype == jnp.dtype(dtype) and onednn.enabled(dtype):
+    if (axis_name is None and x.dtype == jnp.dtype(dtype) and onednn.enabled(dtype)
+            and onednn.batch_norm_is_fast(dtype, count, x.shape[-1], epsilon)):
         return (*onednn.batch_norm(x, scale, bias, epsilon), count)
     total = (lambda v: lax.psum(v, axis_name)) if axis_name else (lambda v: v)
 

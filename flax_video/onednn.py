@@ -205,6 +205,16 @@ def _batch_norm_bwd(epsilon, residuals, cotangents):
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd, symbolic_zeros=True)
 
 
+@functools.cache
+def batch_norm_is_fast(dtype, rows: int, channels: int, epsilon: float) -> bool:
+    """Whether oneDNN has a JIT kernel for this BatchNorm in both passes: its
+    generic fallback (`nspc_bnorm:any`, where channels are not a multiple of
+    the vector width: (2+1)D's 45, 230, 460, 921) is slower than XLA's."""
+    from flax_video import _onednn
+    implementations = _onednn.batch_norm_implementations(jnp.dtype(dtype).name, rows, channels, epsilon)
+    return all("jit" in name for name in implementations)
+
+
 def batch_norm(x, scale, shift, epsilon: float):
     """Train-mode BatchNorm over the last axis: `(y, mean, biased variance)`,
     the statistics over all other axes, computed in float32 from x (float32 or

@@ -281,7 +281,7 @@ struct NormPlan {
   Step step;
   memory_desc_t data = nullptr, stats = nullptr;
   size_t scratch_bytes = 0;
-  std::string description;
+  std::string implementation, description;
 };
 
 std::unordered_map<std::string, std::unique_ptr<NormPlan>> norm_plans;  // guarded by plans_mutex
@@ -310,8 +310,9 @@ const NormPlan& norm_plan_for(int kind, int dtype, int64_t rows, int64_t c, floa
     CHECK(dnnl_batch_normalization_backward_primitive_desc_create(&pd, dnnl->engine, backward, plan->data, plan->data,
                                                                    plan->data, epsilon, flags, forward, attr));
   }
+  plan->implementation = impl_name(pd);
   plan->description = std::string(kind == kNormForward ? "batch_norm_forward " : "batch_norm_backward ") + key +
-                      " " + impl_name(pd);
+                      " " + plan->implementation;
   plan->step = make_step(pd, &plan->scratch_bytes);
   if (forward) dnnl->dnnl_primitive_desc_destroy(forward);
   dnnl->dnnl_primitive_attr_destroy(attr);
@@ -591,10 +592,32 @@ PyObject* list_plans(PyObject*, PyObject*) {
   return out;
 }
 
+// batch_norm_implementations(dtype, rows, c, epsilon) -> (forward, backward): the oneDNN
+// implementations a BatchNorm of this shape gets (planned now, kept for its calls).
+PyObject* batch_norm_implementations(PyObject*, PyObject* args) {
+  const char* dtype_name;
+  long long rows, c;
+  float epsilon;
+  if (!PyArg_ParseTuple(args, "sLLf", &dtype_name, &rows, &c, &epsilon)) return nullptr;
+  if (!dnnl) return PyErr_Format(PyExc_RuntimeError, "load() was not called");
+  std::string name = dtype_name;
+  if (name != "float32" && name != "bfloat16") return PyErr_Format(PyExc_ValueError, "dtype %s", dtype_name);
+  int dtype = name == "float32" ? f32 : bf16;
+  try {
+    const std::string& forward = norm_plan_for(kNormForward, dtype, rows, c, epsilon).implementation;
+    const std::string& backward = norm_plan_for(kNormBackward, dtype, rows, c, epsilon).implementation;
+    return Py_BuildValue("(ss)", forward.c_str(), backward.c_str());
+  } catch (const Failure& f) {
+    return PyErr_Format(PyExc_RuntimeError, "%s", f.what().c_str());
+  }
+}
+
 PyMethodDef methods[] = {
     {"load", load, METH_VARARGS, "Open libdnnl.so.3 at this path; returns its version."},
     {"targets", targets, METH_NOARGS, "The XLA FFI handlers, by target name."},
     {"plans", list_plans, METH_NOARGS, "The convs planned so far and their oneDNN implementations."},
+    {"batch_norm_implementations", batch_norm_implementations, METH_VARARGS,
+     "The oneDNN implementations of a BatchNorm's forward and backward pass."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_onednn", "3D convolutions through oneDNN (XLA FFI).", -1, methods};
