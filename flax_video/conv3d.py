@@ -135,23 +135,35 @@ IM2COL_MAX_PIXELS = 4
 IM2COL_MAX_PIXELS_3D = 49
 
 
+# oneDNN's convs win both passes at every conv shape of the video ResNets at
+# 112x112 px, output frames of 7x7 pixels and up (float32 and bfloat16, AMX in
+# bf16); on 4x4 pixels and fewer (the demo's 16 px crops past layer1) XLA's
+# matmul lowerings train faster (`benchmarks/results/conv_lowering_*`).
+ONEDNN_MIN_PIXELS = 49
+
+
+def _output_pixels(input_shape, kernel_shape, strides: Triple, padding: Triple) -> int:
+    _, _, h, w, _ = input_shape
+    _, kh, kw = kernel_shape[:3]
+    _, sh, sw = strides
+    _, ph, pw = padding
+    return ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
+
+
 def choose(input_shape, kernel_shape, strides: Triple, padding: Triple, backend: str,
            dtype=jnp.float32) -> str:
     """The fastest lowering measured for this conv shape on `backend`."""
     if backend != "cpu":
         return "native"
-    if _onednn.enabled(dtype, backend):
+    if (_onednn.enabled(dtype, backend)
+            and _output_pixels(input_shape, kernel_shape, strides, padding) >= ONEDNN_MIN_PIXELS):
         return "onednn"
     return choose_xla(input_shape, kernel_shape, strides, padding)
 
 
 def choose_xla(input_shape, kernel_shape, strides: Triple, padding: Triple) -> str:
     """The fastest of XLA:CPU's own lowerings for this conv shape."""
-    _, _, h, w, _ = input_shape
-    _, kh, kw = kernel_shape[:3]
-    _, sh, sw = strides
-    _, ph, pw = padding
-    pixels = ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
+    pixels = _output_pixels(input_shape, kernel_shape, strides, padding)
     if applicable("pointwise", kernel_shape, padding):
         return "pointwise"
     if pixels <= IM2COL_MAX_PIXELS:

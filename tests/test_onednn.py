@@ -154,13 +154,16 @@ def test_deterministic():
 
 
 @requires_onednn
-def test_refuses_other_dtypes_and_float16_keeps_xla():
+def test_refuses_other_dtypes_and_xla_keeps_float16_and_small_frames():
     x, kernel = (a.astype(jnp.float16) for a in operands(*SHAPES[1][:2]))
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         onednn.conv3d(x, kernel, (1, 1, 1), (1, 1, 1))
     assert conv3d.choose(x.shape, kernel.shape, (1, 1, 1), (1, 1, 1), "cpu", jnp.float16) != "onednn"
     with onednn.portable():
         assert conv3d.choose(x.shape, kernel.shape, (1, 1, 1), (1, 1, 1), "cpu", jnp.float32) != "onednn"
+    # Frames of a few pixels (the demo's 16 px crops past layer1) keep XLA's matmul lowerings.
+    small = ((16, 2, 2, 2, 256), (1, 3, 3, 256, 460), (1, 1, 1), (0, 1, 1))
+    assert conv3d.choose(*small, "cpu", jnp.float32) == conv3d.choose_xla(*small) == "im2col"
 
 
 def reference_batch_norm(x, scale, shift, epsilon):
