@@ -122,7 +122,7 @@ def main(argv=None):
                   for name in args.lowerings}
         cells = []
         for lowering in conv3d.LOWERINGS:
-            if not conv3d.applicable(lowering, kernel_shape, padding) or lowering not in wanted:
+            if not conv3d.applicable(lowering, kernel_shape, strides, padding) or lowering not in wanted:
                 continue
             fwd, train = time_lowering(shape, kernel_shape, strides, padding, lowering, args.repeats, dtype)
             mark = "*" if lowering == chosen else " "

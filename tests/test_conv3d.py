@@ -27,7 +27,7 @@ def test_each_applicable_lowering_matches_native(kernel_size, strides, padding, 
     expected = conv3d.conv3d(x, kernel, strides, padding, "native")
     tried = 0
     for name in conv3d.LOWERINGS:
-        if conv3d.applicable(name, kernel.shape, padding):
+        if conv3d.applicable(name, kernel.shape, strides, padding):
             got = jax.jit(conv3d.conv3d, static_argnums=(2, 3, 4))(x, kernel, strides, padding, name)
             assert got.shape == expected.shape, name
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4, err_msg=name)

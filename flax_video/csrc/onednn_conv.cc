@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "dnnl_abi.h"
+#include "winograd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -508,6 +509,64 @@ ffi::Error backward_weights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi
   return conv(kBackwardWeights, x, dy, dkernel, strides, padding);
 }
 
+// winograd_forward(x, u) -> y: the Winograd F(2, 3) forward conv (winograd.cc);
+// u is the transformed kernel (components, c, o). vmap's leading dimensions fold
+// into the batch where u is shared, else each slice is one call.
+ffi::Error winograd_forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> u, ffi::Result<ffi::AnyBuffer> y,
+                            ffi::Span<const int64_t> axes) {
+  auto dtype = x.element_type();
+  if ((dtype != ffi::F32 && dtype != ffi::BF16) || y->element_type() != dtype)
+    return ffi::Error::InvalidArgument("flax_video._onednn: Winograd convs take float32 or bfloat16");
+  if (!flax_video_winograd::supported())
+    return ffi::Error::Internal("flax_video._onednn: Winograd convs need AVX-512 (F, BW)");
+  auto xd = x.dimensions(), ud = u.dimensions(), yd = y->dimensions();
+  if (xd.size() < 5 || yd.size() != xd.size() || ud.size() != xd.size() - 2 || axes.size() != 3)
+    return ffi::Error::InvalidArgument("flax_video._onednn: Winograd operands of the wrong rank");
+  const size_t lead = xd.size() - 5;
+  flax_video_winograd::Geometry g;
+  g.n = xd[lead];
+  g.c = xd[lead + 4];
+  g.o = yd[lead + 4];
+  int64_t components = 1;
+  for (int i = 0; i < 3; i++) {
+    g.size[i] = xd[lead + 1 + i];
+    g.winograd[i] = axes[i] != 0;
+    components *= g.winograd[i] ? 4 : 1;
+  }
+  bool consistent = g.c % 16 == 0 && g.o % 16 == 0 && ud[lead] == components && ud[lead + 1] == g.c &&
+                    ud[lead + 2] == g.o;
+  for (size_t i = lead; i < lead + 4; i++) consistent = consistent && xd[i] == yd[i];
+  int64_t slices = 1, x_slices = 1, u_slices = 1;
+  for (size_t i = 0; i < lead; i++) {
+    consistent = consistent && (xd[i] == 1 || xd[i] == yd[i]) && (ud[i] == 1 || ud[i] == yd[i]);
+    slices *= yd[i];
+    x_slices *= xd[i];
+    u_slices *= ud[i];
+  }
+  // Mixed broadcasting over several vmap axes is not met by the models.
+  consistent = consistent && (x_slices == 1 || x_slices == slices) && (u_slices == 1 || u_slices == slices);
+  if (!consistent)
+    return ffi::Error::InvalidArgument("flax_video._onednn: Winograd conv of " + shape_string(xd.end() - 5, 5) +
+                                       " cannot give " + shape_string(yd.end() - 5, 5));
+  const int64_t x_size = g.n * g.size[0] * g.size[1] * g.size[2] * g.c, y_size = x_size / g.c * g.o;
+  const int64_t u_size = components * g.c * g.o;
+  if (u_slices == 1 && x_slices == slices) {  // one kernel for the whole batch: one call
+    g.n *= slices;
+    slices = 1;
+  }
+  for (int64_t i = 0; i < slices; i++) {
+    const int64_t xi = x_slices == 1 ? 0 : i * x_size;
+    const float* ui = u.typed_data() + (u_slices == 1 ? 0 : i * u_size);
+    if (dtype == ffi::F32)
+      flax_video_winograd::forward_f32(g, static_cast<const float*>(x.untyped_data()) + xi, ui,
+                                       static_cast<float*>(y->untyped_data()) + i * y_size);
+    else
+      flax_video_winograd::forward_bf16(g, static_cast<const uint16_t*>(x.untyped_data()) + xi, ui,
+                                        static_cast<uint16_t*>(y->untyped_data()) + i * y_size);
+  }
+  return ffi::Error::Success();
+}
+
 #define FLAX_VIDEO_BINDING                                                                            \
   ffi::Ffi::Bind()                                                                                    \
       .Arg<ffi::AnyBuffer>()                                                                          \
@@ -519,6 +578,12 @@ ffi::Error backward_weights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi
 XLA_FFI_DEFINE_HANDLER(forward_handler, forward, FLAX_VIDEO_BINDING);
 XLA_FFI_DEFINE_HANDLER(backward_data_handler, backward_data, FLAX_VIDEO_BINDING);
 XLA_FFI_DEFINE_HANDLER(backward_weights_handler, backward_weights, FLAX_VIDEO_BINDING);
+XLA_FFI_DEFINE_HANDLER(winograd_forward_handler, winograd_forward,
+                       ffi::Ffi::Bind()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::Buffer<ffi::F32>>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Attr<ffi::Span<const int64_t>>("axes"));
 XLA_FFI_DEFINE_HANDLER(norm_forward_handler, norm_forward,
                        ffi::Ffi::Bind()
                            .Arg<ffi::AnyBuffer>()
@@ -574,6 +639,7 @@ PyObject* targets(PyObject*, PyObject*) {
   add("flax_video_onednn_conv_backward_data", backward_data_handler);
   add("flax_video_onednn_conv_backward_weights", backward_weights_handler);
   add("flax_video_onednn_batch_norm_forward", norm_forward_handler);
+  add("flax_video_winograd_forward", winograd_forward_handler);
   add("flax_video_onednn_batch_norm_backward", norm_backward_handler);
   return out;
 }
@@ -612,9 +678,12 @@ PyObject* batch_norm_implementations(PyObject*, PyObject* args) {
   }
 }
 
+PyObject* winograd_supported(PyObject*, PyObject*) { return PyBool_FromLong(flax_video_winograd::supported()); }
+
 PyMethodDef methods[] = {
     {"load", load, METH_VARARGS, "Open libdnnl.so.3 at this path; returns its version."},
     {"targets", targets, METH_NOARGS, "The XLA FFI handlers, by target name."},
+    {"winograd_supported", winograd_supported, METH_NOARGS, "Whether this CPU runs the Winograd convs."},
     {"plans", list_plans, METH_NOARGS, "The convs planned so far and their oneDNN implementations."},
     {"batch_norm_implementations", batch_norm_implementations, METH_VARARGS,
      "The oneDNN implementations of a BatchNorm's forward and backward pass."},

@@ -1,0 +1,240 @@
+// Winograd F(2, 3) convolution over NDHWC arrays (Lavin & Gray 2016), the
+// forward pass of stride-1 convs whose kernel is 3 taps with padding 1 along
+// some of (t, h, w) and 1 tap along the others: 3x3x3, 1x3x3 and 3x1x1.
+//
+// Each output tile of 2 positions along every Winograd axis is computed from a
+// tile of 4 input positions: transformed (B^T d B per axis), multiplied per
+// transform component by the transformed kernel U (a matmul over channels:
+// 64 components for 3x3x3, 16 for 1x3x3, 4 for 3x1x1), and transformed back
+// (A^T m A). A 3x3x3 conv then takes 64 multiplies per 8 outputs where the
+// direct conv takes 216. Blocks of tiles are transformed, multiplied and
+// transformed back while they are in cache, so the 8x larger transformed
+// input never goes to memory. U (components, c, o) is computed by the caller.
+#include "winograd.h"
+
+#include <immintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace flax_video_winograd {
+namespace {
+
+constexpr int kLanes = 16;  // floats per AVX-512 register
+constexpr int kRows = 6;    // tiles per matmul micro-kernel call
+constexpr int64_t kBlockBytes = 768 << 10;  // transformed input + product per block, kept in L2
+
+int cpu_count() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// B^T along one axis: 4 inputs at stride s -> 4 components at stride s.
+__attribute__((target("avx512f"))) inline void input_1d(__m512* d, int s) {
+  __m512 d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s];
+  d[0] = _mm512_sub_ps(d0, d2);
+  d[s] = _mm512_add_ps(d1, d2);
+  d[2 * s] = _mm512_sub_ps(d2, d1);
+  d[3 * s] = _mm512_sub_ps(d1, d3);
+}
+
+// A^T along one axis: 4 components at stride s -> 2 outputs, at d[0] and d[s].
+__attribute__((target("avx512f"))) inline void output_1d(__m512* m, int s) {
+  __m512 m0 = m[0], m1 = m[s], m2 = m[2 * s], m3 = m[3 * s];
+  m[0] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+  m[s] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+}
+
+__attribute__((target("avx512f"))) inline __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f,avx512bw"))) inline __m512 load(const uint16_t* p) {
+  __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+__attribute__((target("avx512f"))) inline void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+__attribute__((target("avx512f,avx512bw"))) inline void store(uint16_t* p, __m512 v) {
+  // Round to nearest even, as XLA and oneDNN convert float32 to bfloat16 (no NaNs here).
+  __m512i bits = _mm512_castps_si512(v);
+  __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+}
+
+// m[0..rows) x (16 * vectors) += v[0..rows) x u, over k: v rows at stride ldv,
+// u rows (k) at stride ldu, m rows at stride ldm.
+template <int kRowsHere, int kVectors>
+__attribute__((target("avx512f"))) void micro_kernel(const float* v, int64_t ldv, const float* u, int64_t ldu,
+                                                     float* m, int64_t ldm, int64_t k) {
+  __m512 acc[kRowsHere][kVectors];
+  for (int i = 0; i < kRowsHere; i++)
+    for (int j = 0; j < kVectors; j++) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; p++) {
+    __m512 b[kVectors];
+    for (int j = 0; j < kVectors; j++) b[j] = _mm512_loadu_ps(u + p * ldu + j * kLanes);
+    for (int i = 0; i < kRowsHere; i++) {
+      __m512 a = _mm512_set1_ps(v[i * ldv + p]);
+      for (int j = 0; j < kVectors; j++) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < kRowsHere; i++)
+    for (int j = 0; j < kVectors; j++) _mm512_storeu_ps(m + i * ldm + j * kLanes, acc[i][j]);
+}
+
+template <int kRowsHere>
+__attribute__((target("avx512f"))) void rows_kernel(const float* v, int64_t ldv, const float* u, int64_t ldu,
+                                                    float* m, int64_t ldm, int64_t k, int64_t cols) {
+  int64_t j = 0;
+  for (; j + 4 * kLanes <= cols; j += 4 * kLanes) micro_kernel<kRowsHere, 4>(v, ldv, u + j, ldu, m + j, ldm, k);
+  switch ((cols - j) / kLanes) {
+    case 3: micro_kernel<kRowsHere, 3>(v, ldv, u + j, ldu, m + j, ldm, k); break;
+    case 2: micro_kernel<kRowsHere, 2>(v, ldv, u + j, ldu, m + j, ldm, k); break;
+    case 1: micro_kernel<kRowsHere, 1>(v, ldv, u + j, ldu, m + j, ldm, k); break;
+  }
+}
+
+// m (rows x cols) = v (rows x k) * u (k x cols), all row-major, cols a multiple of 16.
+__attribute__((target("avx512f"))) void matmul(const float* v, const float* u, float* m, int64_t rows,
+                                               int64_t k, int64_t cols) {
+  int64_t i = 0;
+  for (; i + kRows <= rows; i += kRows) rows_kernel<kRows>(v + i * k, k, u, cols, m + i * cols, cols, k, cols);
+  const float* vi = v + i * k;
+  float* mi = m + i * cols;
+  switch (rows - i) {
+    case 5: rows_kernel<5>(vi, k, u, cols, mi, cols, k, cols); break;
+    case 4: rows_kernel<4>(vi, k, u, cols, mi, cols, k, cols); break;
+    case 3: rows_kernel<3>(vi, k, u, cols, mi, cols, k, cols); break;
+    case 2: rows_kernel<2>(vi, k, u, cols, mi, cols, k, cols); break;
+    case 1: rows_kernel<1>(vi, k, u, cols, mi, cols, k, cols); break;
+  }
+}
+
+struct Layout {
+  Geometry g;
+  int64_t tap[3], out[3], tiles[3];  // per axis: input taps per tile (4 or 1), outputs per tile, tile count
+  int64_t components, tile_count;
+
+  explicit Layout(const Geometry& geometry) : g(geometry) {
+    components = 1;
+    tile_count = g.n;
+    for (int i = 0; i < 3; i++) {
+      tap[i] = g.winograd[i] ? 4 : 1;
+      out[i] = g.winograd[i] ? 2 : 1;
+      tiles[i] = (g.size[i] + out[i] - 1) / out[i];
+      components *= tap[i];
+      tile_count *= tiles[i];
+    }
+  }
+
+  // The tile's batch index and first output position per axis.
+  void origin(int64_t tile, int64_t* n, int64_t* pos) const {
+    for (int i = 2; i >= 0; i--) {
+      pos[i] = tile % tiles[i] * out[i];
+      tile /= tiles[i];
+    }
+    *n = tile;
+  }
+};
+
+// Transforms the input tiles [first, first + count) into v (components, count, c).
+template <typename T>
+__attribute__((target("avx512f,avx512bw"))) void transform_input(const Layout& l, const T* x, int64_t first,
+                                                                 int64_t count, float* v) {
+  const Geometry& g = l.g;
+  const int64_t at = l.tap[0], ah = l.tap[1], aw = l.tap[2];
+  __m512 d[64];
+  for (int64_t b = 0; b < count; b++) {
+    int64_t n, pos[3];
+    l.origin(first + b, &n, pos);
+    for (int64_t c = 0; c < g.c; c += kLanes) {
+      for (int64_t i = 0; i < at; i++)
+        for (int64_t j = 0; j < ah; j++)
+          for (int64_t k = 0; k < aw; k++) {
+            int64_t t = pos[0] + i - g.winograd[0], h = pos[1] + j - g.winograd[1],
+                    w = pos[2] + k - g.winograd[2];
+            bool inside = t >= 0 && t < g.size[0] && h >= 0 && h < g.size[1] && w >= 0 && w < g.size[2];
+            d[(i * ah + j) * aw + k] =
+                inside ? load(x + (((n * g.size[0] + t) * g.size[1] + h) * g.size[2] + w) * g.c + c)
+                       : _mm512_setzero_ps();
+          }
+      if (aw == 4)
+        for (int64_t i = 0; i < at * ah; i++) input_1d(d + i * 4, 1);
+      if (ah == 4)
+        for (int64_t i = 0; i < at; i++)
+          for (int64_t k = 0; k < aw; k++) input_1d(d + i * 4 * aw + k, int(aw));
+      if (at == 4)
+        for (int64_t jk = 0; jk < ah * aw; jk++) input_1d(d + jk, int(ah * aw));
+      for (int64_t e = 0; e < l.components; e++) _mm512_storeu_ps(v + (e * count + b) * g.c + c, d[e]);
+    }
+  }
+}
+
+// Transforms the products m (components, count, o) back into the output tiles.
+template <typename T>
+__attribute__((target("avx512f,avx512bw"))) void transform_output(const Layout& l, const float* m,
+                                                                  int64_t first, int64_t count, T* y) {
+  const Geometry& g = l.g;
+  const int64_t at = l.tap[0], ah = l.tap[1], aw = l.tap[2];
+  __m512 d[64];
+  for (int64_t b = 0; b < count; b++) {
+    int64_t n, pos[3];
+    l.origin(first + b, &n, pos);
+    for (int64_t o = 0; o < g.o; o += kLanes) {
+      for (int64_t e = 0; e < l.components; e++) d[e] = _mm512_loadu_ps(m + (e * count + b) * g.o + o);
+      // Outputs land at the first 1 or 2 entries of each axis.
+      if (aw == 4)
+        for (int64_t i = 0; i < at * ah; i++) output_1d(d + i * 4, 1);
+      if (ah == 4)
+        for (int64_t i = 0; i < at; i++)
+          for (int64_t k = 0; k < aw; k++) output_1d(d + i * 4 * aw + k, int(aw));
+      if (at == 4)
+        for (int64_t jk = 0; jk < ah * aw; jk++) output_1d(d + jk, int(ah * aw));
+      for (int64_t i = 0; i < l.out[0]; i++)
+        for (int64_t j = 0; j < l.out[1]; j++)
+          for (int64_t k = 0; k < l.out[2]; k++) {
+            int64_t t = pos[0] + i, h = pos[1] + j, w = pos[2] + k;
+            if (t < g.size[0] && h < g.size[1] && w < g.size[2])
+              store(y + (((n * g.size[0] + t) * g.size[1] + h) * g.size[2] + w) * g.o + o,
+                    d[(i * ah + j) * aw + k]);
+          }
+    }
+  }
+}
+
+template <typename T>
+void run(const Geometry& g, const T* x, const float* u, T* y) {
+  const Layout l(g);
+  int64_t block = kBlockBytes / (l.components * (g.c + g.o) * int64_t(sizeof(float)));
+  block = std::max<int64_t>(kRows, block / kRows * kRows);
+  const int64_t blocks = (l.tile_count + block - 1) / block;
+  std::atomic<int64_t> next{0};
+  auto work = [&] {
+    std::vector<float> v(l.components * block * g.c), m(l.components * block * g.o);
+    for (int64_t i; (i = next.fetch_add(1)) < blocks;) {
+      int64_t first = i * block, count = std::min(block, l.tile_count - first);
+      transform_input(l, x, first, count, v.data());
+      for (int64_t e = 0; e < l.components; e++)
+        matmul(v.data() + e * count * g.c, u + e * g.c * g.o, m.data() + e * count * g.o, count, g.c, g.o);
+      transform_output(l, m.data(), first, count, y);
+    }
+  };
+  const int64_t threads = std::min<int64_t>(cpu_count(), blocks);
+  std::vector<std::thread> helpers;
+  for (int64_t t = 1; t < threads; t++) helpers.emplace_back(work);
+  work();
+  for (auto& t : helpers) t.join();
+}
+
+}  // namespace
+
+bool supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"); }
+
+void forward_f32(const Geometry& g, const float* x, const float* u, float* y) { run(g, x, u, y); }
+void forward_bf16(const Geometry& g, const uint16_t* x, const float* u, uint16_t* y) { run(g, x, u, y); }
+
+}  // namespace flax_video_winograd
