@@ -80,10 +80,11 @@ def kernel_bytes(kernel_shape, winograd_axes) -> int:
 
 
 def transform_kernel(kernel, winograd_axes):
-    """G k G^T along each Winograd axis: (components, c, o) in float32."""
-    g = [_G if a else _IDENTITY for a in winograd_axes]
-    u = jnp.einsum("ai,bj,ck,ijkIO->abcIO", *g, kernel.astype(jnp.float32))
-    return u.reshape(-1, *kernel.shape[3:])
+    """G k G^T along each Winograd axis: (components, c, o) in float32, as one
+    matmul of kron(G_t, G_h, G_w) with the kernel's taps."""
+    g = functools.reduce(np.kron, [_G if a else _IDENTITY for a in winograd_axes])
+    taps = kernel.astype(jnp.float32).reshape(g.shape[1], -1)
+    return jnp.matmul(g, taps, precision=jax.lax.Precision.HIGHEST).reshape(-1, *kernel.shape[3:])
 
 
 def _forward(x, kernel, winograd_axes):

@@ -98,19 +98,20 @@ __attribute__((target("avx512f"))) void rows_kernel(const float* v, int64_t ldv,
   }
 }
 
-// m (rows x cols) = v (rows x k) * u (k x cols), all row-major, cols a multiple of 16.
-__attribute__((target("avx512f"))) void matmul(const float* v, const float* u, float* m, int64_t rows,
-                                               int64_t k, int64_t cols) {
+// m (rows x cols) = v (rows x k) * u (k x cols), rows of v and m at strides ldv
+// and ldm, u dense; cols a multiple of 16.
+__attribute__((target("avx512f"))) void matmul(const float* v, int64_t ldv, const float* u, float* m, int64_t ldm,
+                                               int64_t rows, int64_t k, int64_t cols) {
   int64_t i = 0;
-  for (; i + kRows <= rows; i += kRows) rows_kernel<kRows>(v + i * k, k, u, cols, m + i * cols, cols, k, cols);
-  const float* vi = v + i * k;
-  float* mi = m + i * cols;
+  for (; i + kRows <= rows; i += kRows) rows_kernel<kRows>(v + i * ldv, ldv, u, cols, m + i * ldm, ldm, k, cols);
+  const float* vi = v + i * ldv;
+  float* mi = m + i * ldm;
   switch (rows - i) {
-    case 5: rows_kernel<5>(vi, k, u, cols, mi, cols, k, cols); break;
-    case 4: rows_kernel<4>(vi, k, u, cols, mi, cols, k, cols); break;
-    case 3: rows_kernel<3>(vi, k, u, cols, mi, cols, k, cols); break;
-    case 2: rows_kernel<2>(vi, k, u, cols, mi, cols, k, cols); break;
-    case 1: rows_kernel<1>(vi, k, u, cols, mi, cols, k, cols); break;
+    case 5: rows_kernel<5>(vi, ldv, u, cols, mi, ldm, k, cols); break;
+    case 4: rows_kernel<4>(vi, ldv, u, cols, mi, ldm, k, cols); break;
+    case 3: rows_kernel<3>(vi, ldv, u, cols, mi, ldm, k, cols); break;
+    case 2: rows_kernel<2>(vi, ldv, u, cols, mi, ldm, k, cols); break;
+    case 1: rows_kernel<1>(vi, ldv, u, cols, mi, ldm, k, cols); break;
   }
 }
 
@@ -141,74 +142,88 @@ struct Layout {
   }
 };
 
-// Transforms the input tiles [first, first + count) into v (components, count, c).
-template <typename T>
+// Transforms the input tiles [first, first + count) into v (count, components, c).
+// AT, AH, AW: input taps per tile along t, h, w (4 on Winograd axes, else 1).
+template <int AT, int AH, int AW, typename T>
 __attribute__((target("avx512f,avx512bw"))) void transform_input(const Layout& l, const T* x, int64_t first,
                                                                  int64_t count, float* v) {
   const Geometry& g = l.g;
-  const int64_t at = l.tap[0], ah = l.tap[1], aw = l.tap[2];
-  __m512 d[64];
+  constexpr int kComponents = AT * AH * AW;
+  const int64_t sw = g.c, sh = g.size[2] * sw, st = g.size[1] * sh;
+  __m512 d[kComponents];
   for (int64_t b = 0; b < count; b++) {
     int64_t n, pos[3];
     l.origin(first + b, &n, pos);
+    // The tile's first input position (Winograd axes start one before the output: padding 1).
+    const int64_t t0 = pos[0] - (AT == 4), h0 = pos[1] - (AH == 4), w0 = pos[2] - (AW == 4);
+    const bool interior = t0 >= 0 && t0 + AT <= g.size[0] && h0 >= 0 && h0 + AH <= g.size[1] && w0 >= 0 &&
+                          w0 + AW <= g.size[2];
+    const T* base = x + n * g.size[0] * st + t0 * st + h0 * sh + w0 * sw;
+    float* out = v + b * kComponents * g.c;
     for (int64_t c = 0; c < g.c; c += kLanes) {
-      for (int64_t i = 0; i < at; i++)
-        for (int64_t j = 0; j < ah; j++)
-          for (int64_t k = 0; k < aw; k++) {
-            int64_t t = pos[0] + i - g.winograd[0], h = pos[1] + j - g.winograd[1],
-                    w = pos[2] + k - g.winograd[2];
-            bool inside = t >= 0 && t < g.size[0] && h >= 0 && h < g.size[1] && w >= 0 && w < g.size[2];
-            d[(i * ah + j) * aw + k] =
-                inside ? load(x + (((n * g.size[0] + t) * g.size[1] + h) * g.size[2] + w) * g.c + c)
-                       : _mm512_setzero_ps();
-          }
-      if (aw == 4)
-        for (int64_t i = 0; i < at * ah; i++) input_1d(d + i * 4, 1);
-      if (ah == 4)
-        for (int64_t i = 0; i < at; i++)
-          for (int64_t k = 0; k < aw; k++) input_1d(d + i * 4 * aw + k, int(aw));
-      if (at == 4)
-        for (int64_t jk = 0; jk < ah * aw; jk++) input_1d(d + jk, int(ah * aw));
-      for (int64_t e = 0; e < l.components; e++) _mm512_storeu_ps(v + (e * count + b) * g.c + c, d[e]);
+      if (interior) {
+        for (int i = 0; i < AT; i++)
+          for (int j = 0; j < AH; j++)
+            for (int k = 0; k < AW; k++) d[(i * AH + j) * AW + k] = load(base + i * st + j * sh + k * sw + c);
+      } else {
+        for (int i = 0; i < AT; i++)
+          for (int j = 0; j < AH; j++)
+            for (int k = 0; k < AW; k++) {
+              bool inside = t0 + i >= 0 && t0 + i < g.size[0] && h0 + j >= 0 && h0 + j < g.size[1] &&
+                            w0 + k >= 0 && w0 + k < g.size[2];
+              d[(i * AH + j) * AW + k] = inside ? load(base + i * st + j * sh + k * sw + c) : _mm512_setzero_ps();
+            }
+      }
+      if (AW == 4)
+        for (int i = 0; i < AT * AH; i++) input_1d(d + i * 4, 1);
+      if (AH == 4)
+        for (int i = 0; i < AT; i++)
+          for (int k = 0; k < AW; k++) input_1d(d + i * 4 * AW + k, AW);
+      if (AT == 4)
+        for (int jk = 0; jk < AH * AW; jk++) input_1d(d + jk, AH * AW);
+      for (int e = 0; e < kComponents; e++) _mm512_storeu_ps(out + e * g.c + c, d[e]);
     }
   }
 }
 
-// Transforms the products m (components, count, o) back into the output tiles.
-template <typename T>
+// Transforms the products m (count, components, o) back into the output tiles.
+template <int AT, int AH, int AW, typename T>
 __attribute__((target("avx512f,avx512bw"))) void transform_output(const Layout& l, const float* m,
                                                                   int64_t first, int64_t count, T* y) {
   const Geometry& g = l.g;
-  const int64_t at = l.tap[0], ah = l.tap[1], aw = l.tap[2];
-  __m512 d[64];
+  constexpr int kComponents = AT * AH * AW;
+  constexpr int RT = AT == 4 ? 2 : 1, RH = AH == 4 ? 2 : 1, RW = AW == 4 ? 2 : 1;
+  const int64_t sw = g.o, sh = g.size[2] * sw, st = g.size[1] * sh;
+  __m512 d[kComponents];
   for (int64_t b = 0; b < count; b++) {
     int64_t n, pos[3];
     l.origin(first + b, &n, pos);
+    // Tiles at the far edges of odd sizes hang over by one output.
+    const int64_t lt = std::min<int64_t>(RT, g.size[0] - pos[0]), lh = std::min<int64_t>(RH, g.size[1] - pos[1]),
+                  lw = std::min<int64_t>(RW, g.size[2] - pos[2]);
+    T* base = y + n * g.size[0] * st + pos[0] * st + pos[1] * sh + pos[2] * sw;
+    const float* in = m + b * kComponents * g.o;
     for (int64_t o = 0; o < g.o; o += kLanes) {
-      for (int64_t e = 0; e < l.components; e++) d[e] = _mm512_loadu_ps(m + (e * count + b) * g.o + o);
+      for (int e = 0; e < kComponents; e++) d[e] = _mm512_loadu_ps(in + e * g.o + o);
       // Outputs land at the first 1 or 2 entries of each axis.
-      if (aw == 4)
-        for (int64_t i = 0; i < at * ah; i++) output_1d(d + i * 4, 1);
-      if (ah == 4)
-        for (int64_t i = 0; i < at; i++)
-          for (int64_t k = 0; k < aw; k++) output_1d(d + i * 4 * aw + k, int(aw));
-      if (at == 4)
-        for (int64_t jk = 0; jk < ah * aw; jk++) output_1d(d + jk, int(ah * aw));
-      for (int64_t i = 0; i < l.out[0]; i++)
-        for (int64_t j = 0; j < l.out[1]; j++)
-          for (int64_t k = 0; k < l.out[2]; k++) {
-            int64_t t = pos[0] + i, h = pos[1] + j, w = pos[2] + k;
-            if (t < g.size[0] && h < g.size[1] && w < g.size[2])
-              store(y + (((n * g.size[0] + t) * g.size[1] + h) * g.size[2] + w) * g.o + o,
-                    d[(i * ah + j) * aw + k]);
-          }
+      if (AW == 4)
+        for (int i = 0; i < AT * AH; i++) output_1d(d + i * 4, 1);
+      if (AH == 4)
+        for (int i = 0; i < AT; i++)
+          for (int k = 0; k < RW; k++) output_1d(d + i * 4 * AW + k, AW);
+      if (AT == 4)
+        for (int j = 0; j < RH; j++)
+          for (int k = 0; k < RW; k++) output_1d(d + j * AW + k, AH * AW);
+      for (int i = 0; i < lt; i++)
+        for (int j = 0; j < lh; j++)
+          for (int k = 0; k < lw; k++) store(base + i * st + j * sh + k * sw + o, d[(i * AH + j) * AW + k]);
     }
   }
 }
 
-template <typename T>
-void run(const Geometry& g, const T* x, const float* u, T* y) {
-  const Layout l(g);
+template <int AT, int AH, int AW, typename T>
+void run_tiles(const Layout& l, const T* x, const float* u, T* y) {
+  const Geometry& g = l.g;
   int64_t block = kBlockBytes / (l.components * (g.c + g.o) * int64_t(sizeof(float)));
   block = std::max<int64_t>(kRows, block / kRows * kRows);
   const int64_t blocks = (l.tile_count + block - 1) / block;
@@ -217,10 +232,11 @@ void run(const Geometry& g, const T* x, const float* u, T* y) {
     std::vector<float> v(l.components * block * g.c), m(l.components * block * g.o);
     for (int64_t i; (i = next.fetch_add(1)) < blocks;) {
       int64_t first = i * block, count = std::min(block, l.tile_count - first);
-      transform_input(l, x, first, count, v.data());
+      transform_input<AT, AH, AW>(l, x, first, count, v.data());
       for (int64_t e = 0; e < l.components; e++)
-        matmul(v.data() + e * count * g.c, u + e * g.c * g.o, m.data() + e * count * g.o, count, g.c, g.o);
-      transform_output(l, m.data(), first, count, y);
+        matmul(v.data() + e * g.c, l.components * g.c, u + e * g.c * g.o, m.data() + e * g.o, l.components * g.o,
+               count, g.c, g.o);
+      transform_output<AT, AH, AW>(l, m.data(), first, count, y);
     }
   };
   const int64_t threads = std::min<int64_t>(cpu_count(), blocks);
@@ -228,6 +244,19 @@ void run(const Geometry& g, const T* x, const float* u, T* y) {
   for (int64_t t = 1; t < threads; t++) helpers.emplace_back(work);
   work();
   for (auto& t : helpers) t.join();
+}
+
+template <typename T>
+void run(const Geometry& g, const T* x, const float* u, T* y) {
+  const Layout l(g);
+  const auto [t, h, w] = g.winograd;
+  if (t && h && w) return run_tiles<4, 4, 4>(l, x, u, y);
+  if (!t && h && w) return run_tiles<1, 4, 4>(l, x, u, y);
+  if (t && !h && !w) return run_tiles<4, 1, 1>(l, x, u, y);
+  if (t && h) return run_tiles<4, 4, 1>(l, x, u, y);
+  if (t && w) return run_tiles<4, 1, 4>(l, x, u, y);
+  if (h) return run_tiles<1, 4, 1>(l, x, u, y);
+  return run_tiles<1, 1, 4>(l, x, u, y);
 }
 
 }  // namespace
