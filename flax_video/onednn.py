@@ -165,12 +165,6 @@ def conv3d(x, kernel, strides, padding):
     return _conv(x, kernel, tuple(int(s) for s in strides), tuple(int(p) for p in padding))
 
 
-def kernel_gradient(x, dy, kernel, strides, padding):
-    """The gradient of `conv3d`'s kernel for output gradient dy, through
-    oneDNN (for convs whose other passes run elsewhere: `flax_video.winograd`)."""
-    return _call("backward_weights", kernel, x, dy, tuple(strides), tuple(padding))
-
-
 def _norm_forward(x, scale, shift, epsilon):
     stats = jax.ShapeDtypeStruct(scale.shape, jnp.float32)
     return jax.ffi.ffi_call("flax_video_onednn_batch_norm_forward", (_like(x), stats, stats),

@@ -11,7 +11,8 @@ runs faster than torch in float32: `flax_video._onednn` has the kernel
 
 The input gradient of such a conv is the same kind of conv (the kernel
 mirrored, its channels swapped) and runs through the same kernel; the kernel
-gradient runs through oneDNN. Used for float32 convs where the transformed
+gradient is the transformed tiles of the input times those of the output
+gradient, summed over tiles, by a kernel of the same making. Used for float32 convs where the transformed
 kernel fits in cache (`MAX_KERNEL_BYTES`), on CPUs with AVX-512;
 `FLAX_VIDEO_WINOGRAD=0` turns it off.
 """
@@ -79,10 +80,15 @@ def kernel_bytes(kernel_shape, winograd_axes) -> int:
     return 4 ** sum(winograd_axes) * c * o * 4
 
 
+def _kron_g(winograd_axes):
+    """kron(G_t, G_h, G_w): (components, taps), taps in (t, h, w) order."""
+    return functools.reduce(np.kron, [_G if a else _IDENTITY for a in winograd_axes])
+
+
 def transform_kernel(kernel, winograd_axes):
     """G k G^T along each Winograd axis: (components, c, o) in float32, as one
     matmul of kron(G_t, G_h, G_w) with the kernel's taps."""
-    g = functools.reduce(np.kron, [_G if a else _IDENTITY for a in winograd_axes])
+    g = _kron_g(winograd_axes)
     taps = kernel.astype(jnp.float32).reshape(g.shape[1], -1)
     return jnp.matmul(g, taps, precision=jax.lax.Precision.HIGHEST).reshape(-1, *kernel.shape[3:])
 
@@ -91,6 +97,18 @@ def _forward(x, kernel, winograd_axes):
     y = jax.ShapeDtypeStruct((*x.shape[:-1], kernel.shape[-1]), x.dtype)
     return jax.ffi.ffi_call("flax_video_winograd_forward", y, vmap_method="expand_dims")(
         x, transform_kernel(kernel, winograd_axes), axes=np.asarray(winograd_axes, np.int64))
+
+
+def _kernel_gradient(x, dy, kernel, winograd_axes):
+    """The kernel's gradient: that of the transformed kernel (summed over
+    tiles by the custom call), mapped back through G (transform_kernel's
+    transpose)."""
+    g = _kron_g(winograd_axes)
+    du = jax.ShapeDtypeStruct((g.shape[0], *kernel.shape[3:]), jnp.float32)
+    du = jax.ffi.ffi_call("flax_video_winograd_kernel_gradient", du, vmap_method="sequential")(
+        x, dy, axes=np.asarray(winograd_axes, np.int64))
+    dk = jnp.matmul(g.T, du.reshape(g.shape[0], -1), precision=jax.lax.Precision.HIGHEST)
+    return dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -107,8 +125,7 @@ def _conv_bwd(winograd_axes, residuals, dy):
     # dx is dy convolved with the mirrored kernel, in and out channels swapped.
     mirrored = jnp.flip(kernel, axis=(0, 1, 2)).swapaxes(3, 4)
     dx = _forward(dy, mirrored, winograd_axes)
-    padding = winograd_axes  # 1 on the 3-tap axes, 0 on the others
-    dkernel = onednn.kernel_gradient(x, dy, kernel, (1, 1, 1), padding)
+    dkernel = _kernel_gradient(x, dy, kernel, winograd_axes)
     return dx, dkernel
 
 

@@ -567,6 +567,43 @@ ffi::Error winograd_forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> u, ffi::Resu
   return ffi::Error::Success();
 }
 
+// winograd_kernel_gradient(x, dy) -> du: the gradient of the Winograd conv's
+// transformed kernel (components, c, o), in float32 (winograd.cc). Rank 5 only
+// (vmap calls it per slice).
+ffi::Error winograd_kernel_gradient(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::Buffer<ffi::F32>> du,
+                                    ffi::Span<const int64_t> axes) {
+  auto dtype = x.element_type();
+  if ((dtype != ffi::F32 && dtype != ffi::BF16) || dy.element_type() != dtype)
+    return ffi::Error::InvalidArgument("flax_video._onednn: Winograd convs take float32 or bfloat16");
+  if (!flax_video_winograd::supported())
+    return ffi::Error::Internal("flax_video._onednn: Winograd convs need AVX-512 (F, BW)");
+  auto xd = x.dimensions(), yd = dy.dimensions(), ud = du->dimensions();
+  if (xd.size() != 5 || yd.size() != 5 || ud.size() != 3 || axes.size() != 3)
+    return ffi::Error::InvalidArgument("flax_video._onednn: Winograd gradient operands of the wrong rank");
+  flax_video_winograd::Geometry g;
+  g.n = xd[0];
+  g.c = xd[4];
+  g.o = yd[4];
+  int64_t components = 1;
+  for (int i = 0; i < 3; i++) {
+    g.size[i] = xd[1 + i];
+    g.winograd[i] = axes[i] != 0;
+    components *= g.winograd[i] ? 4 : 1;
+  }
+  bool consistent = g.c % 16 == 0 && g.o % 16 == 0 && ud[0] == components && ud[1] == g.c && ud[2] == g.o;
+  for (int i = 0; i < 4; i++) consistent = consistent && xd[i] == yd[i];
+  if (!consistent)
+    return ffi::Error::InvalidArgument("flax_video._onednn: no Winograd kernel gradient for x " +
+                                       shape_string(xd.begin(), 5) + " and dy " + shape_string(yd.begin(), 5));
+  if (dtype == ffi::F32)
+    flax_video_winograd::kernel_gradient_f32(g, static_cast<const float*>(x.untyped_data()),
+                                             static_cast<const float*>(dy.untyped_data()), du->typed_data());
+  else
+    flax_video_winograd::kernel_gradient_bf16(g, static_cast<const uint16_t*>(x.untyped_data()),
+                                              static_cast<const uint16_t*>(dy.untyped_data()), du->typed_data());
+  return ffi::Error::Success();
+}
+
 #define FLAX_VIDEO_BINDING                                                                            \
   ffi::Ffi::Bind()                                                                                    \
       .Arg<ffi::AnyBuffer>()                                                                          \
@@ -583,6 +620,12 @@ XLA_FFI_DEFINE_HANDLER(winograd_forward_handler, winograd_forward,
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::Buffer<ffi::F32>>()
                            .Ret<ffi::AnyBuffer>()
+                           .Attr<ffi::Span<const int64_t>>("axes"));
+XLA_FFI_DEFINE_HANDLER(winograd_kernel_gradient_handler, winograd_kernel_gradient,
+                       ffi::Ffi::Bind()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Ret<ffi::Buffer<ffi::F32>>()
                            .Attr<ffi::Span<const int64_t>>("axes"));
 XLA_FFI_DEFINE_HANDLER(norm_forward_handler, norm_forward,
                        ffi::Ffi::Bind()
@@ -640,6 +683,7 @@ PyObject* targets(PyObject*, PyObject*) {
   add("flax_video_onednn_conv_backward_weights", backward_weights_handler);
   add("flax_video_onednn_batch_norm_forward", norm_forward_handler);
   add("flax_video_winograd_forward", winograd_forward_handler);
+  add("flax_video_winograd_kernel_gradient", winograd_kernel_gradient_handler);
   add("flax_video_onednn_batch_norm_backward", norm_backward_handler);
   return out;
 }

@@ -29,6 +29,9 @@ namespace {
 constexpr int kLanes = 16;  // floats per AVX-512 register
 constexpr int kRows = 6;    // tiles per matmul micro-kernel call
 constexpr int64_t kBlockBytes = 768 << 10;  // transformed input + product per block, kept in L2
+// For the kernel gradient, whose per-component sums are read and written once
+// per block: bigger blocks, each sum reused over more tiles.
+constexpr int64_t kGradientBlockBytes = 3 << 20;
 
 int cpu_count() {
   cpu_set_t set;
@@ -66,52 +69,62 @@ __attribute__((target("avx512f,avx512bw"))) inline void store(uint16_t* p, __m51
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
 }
 
-// m[0..rows) x (16 * vectors) += v[0..rows) x u, over k: v rows at stride ldv,
-// u rows (k) at stride ldu, m rows at stride ldm.
-template <int kRowsHere, int kVectors>
-__attribute__((target("avx512f"))) void micro_kernel(const float* v, int64_t ldv, const float* u, int64_t ldu,
-                                                     float* m, int64_t ldm, int64_t k) {
+// A row-major-or-not matrix: element (i, p) at data[i * row + p * step].
+struct Strided {
+  const float* data;
+  int64_t row, step;
+};
+
+// c[0..rows) x (16 * vectors) (+)= a[0..rows) x b over k: b's rows (k) at
+// stride ldb, c's rows at stride ldc; with kAccumulate, c is added to.
+template <int kRowsHere, int kVectors, bool kAccumulate>
+__attribute__((target("avx512f"))) void micro_kernel(Strided a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                     int64_t k) {
   __m512 acc[kRowsHere][kVectors];
   for (int i = 0; i < kRowsHere; i++)
-    for (int j = 0; j < kVectors; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int j = 0; j < kVectors; j++)
+      acc[i][j] = kAccumulate ? _mm512_loadu_ps(c + i * ldc + j * kLanes) : _mm512_setzero_ps();
   for (int64_t p = 0; p < k; p++) {
-    __m512 b[kVectors];
-    for (int j = 0; j < kVectors; j++) b[j] = _mm512_loadu_ps(u + p * ldu + j * kLanes);
+    __m512 bp[kVectors];
+    for (int j = 0; j < kVectors; j++) bp[j] = _mm512_loadu_ps(b + p * ldb + j * kLanes);
     for (int i = 0; i < kRowsHere; i++) {
-      __m512 a = _mm512_set1_ps(v[i * ldv + p]);
-      for (int j = 0; j < kVectors; j++) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+      __m512 ai = _mm512_set1_ps(a.data[i * a.row + p * a.step]);
+      for (int j = 0; j < kVectors; j++) acc[i][j] = _mm512_fmadd_ps(ai, bp[j], acc[i][j]);
     }
   }
   for (int i = 0; i < kRowsHere; i++)
-    for (int j = 0; j < kVectors; j++) _mm512_storeu_ps(m + i * ldm + j * kLanes, acc[i][j]);
+    for (int j = 0; j < kVectors; j++) _mm512_storeu_ps(c + i * ldc + j * kLanes, acc[i][j]);
 }
 
-template <int kRowsHere>
-__attribute__((target("avx512f"))) void rows_kernel(const float* v, int64_t ldv, const float* u, int64_t ldu,
-                                                    float* m, int64_t ldm, int64_t k, int64_t cols) {
+template <int kRowsHere, bool kAccumulate>
+__attribute__((target("avx512f"))) void rows_kernel(Strided a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                    int64_t k, int64_t cols) {
   int64_t j = 0;
-  for (; j + 4 * kLanes <= cols; j += 4 * kLanes) micro_kernel<kRowsHere, 4>(v, ldv, u + j, ldu, m + j, ldm, k);
+  for (; j + 4 * kLanes <= cols; j += 4 * kLanes)
+    micro_kernel<kRowsHere, 4, kAccumulate>(a, b + j, ldb, c + j, ldc, k);
   switch ((cols - j) / kLanes) {
-    case 3: micro_kernel<kRowsHere, 3>(v, ldv, u + j, ldu, m + j, ldm, k); break;
-    case 2: micro_kernel<kRowsHere, 2>(v, ldv, u + j, ldu, m + j, ldm, k); break;
-    case 1: micro_kernel<kRowsHere, 1>(v, ldv, u + j, ldu, m + j, ldm, k); break;
+    case 3: micro_kernel<kRowsHere, 3, kAccumulate>(a, b + j, ldb, c + j, ldc, k); break;
+    case 2: micro_kernel<kRowsHere, 2, kAccumulate>(a, b + j, ldb, c + j, ldc, k); break;
+    case 1: micro_kernel<kRowsHere, 1, kAccumulate>(a, b + j, ldb, c + j, ldc, k); break;
   }
 }
 
-// m (rows x cols) = v (rows x k) * u (k x cols), rows of v and m at strides ldv
-// and ldm, u dense; cols a multiple of 16.
-__attribute__((target("avx512f"))) void matmul(const float* v, int64_t ldv, const float* u, float* m, int64_t ldm,
+// c (rows x cols) (+)= a (rows x k) * b (k x cols); b's and c's rows at strides
+// ldb and ldc; cols a multiple of 16.
+template <bool kAccumulate>
+__attribute__((target("avx512f"))) void matmul(Strided a, const float* b, int64_t ldb, float* c, int64_t ldc,
                                                int64_t rows, int64_t k, int64_t cols) {
   int64_t i = 0;
-  for (; i + kRows <= rows; i += kRows) rows_kernel<kRows>(v + i * ldv, ldv, u, cols, m + i * ldm, ldm, k, cols);
-  const float* vi = v + i * ldv;
-  float* mi = m + i * ldm;
+  for (; i + kRows <= rows; i += kRows)
+    rows_kernel<kRows, kAccumulate>({a.data + i * a.row, a.row, a.step}, b, ldb, c + i * ldc, ldc, k, cols);
+  Strided ai{a.data + i * a.row, a.row, a.step};
+  float* ci = c + i * ldc;
   switch (rows - i) {
-    case 5: rows_kernel<5>(vi, ldv, u, cols, mi, ldm, k, cols); break;
-    case 4: rows_kernel<4>(vi, ldv, u, cols, mi, ldm, k, cols); break;
-    case 3: rows_kernel<3>(vi, ldv, u, cols, mi, ldm, k, cols); break;
-    case 2: rows_kernel<2>(vi, ldv, u, cols, mi, ldm, k, cols); break;
-    case 1: rows_kernel<1>(vi, ldv, u, cols, mi, ldm, k, cols); break;
+    case 5: rows_kernel<5, kAccumulate>(ai, b, ldb, ci, ldc, k, cols); break;
+    case 4: rows_kernel<4, kAccumulate>(ai, b, ldb, ci, ldc, k, cols); break;
+    case 3: rows_kernel<3, kAccumulate>(ai, b, ldb, ci, ldc, k, cols); break;
+    case 2: rows_kernel<2, kAccumulate>(ai, b, ldb, ci, ldc, k, cols); break;
+    case 1: rows_kernel<1, kAccumulate>(ai, b, ldb, ci, ldc, k, cols); break;
   }
 }
 
@@ -233,9 +246,10 @@ void run_tiles(const Layout& l, const T* x, const float* u, T* y) {
     for (int64_t i; (i = next.fetch_add(1)) < blocks;) {
       int64_t first = i * block, count = std::min(block, l.tile_count - first);
       transform_input<AT, AH, AW>(l, x, first, count, v.data());
+      // Per component e: m[:, e] (count x o) = v[:, e] (count x c) * u[e] (c x o).
       for (int64_t e = 0; e < l.components; e++)
-        matmul(v.data() + e * g.c, l.components * g.c, u + e * g.c * g.o, m.data() + e * g.o, l.components * g.o,
-               count, g.c, g.o);
+        matmul<false>({v.data() + e * g.c, l.components * g.c, 1}, u + e * g.c * g.o, g.o, m.data() + e * g.o,
+                      l.components * g.o, count, g.c, g.o);
       transform_output<AT, AH, AW>(l, m.data(), first, count, y);
     }
   };
@@ -244,6 +258,85 @@ void run_tiles(const Layout& l, const T* x, const float* u, T* y) {
   for (int64_t t = 1; t < threads; t++) helpers.emplace_back(work);
   work();
   for (auto& t : helpers) t.join();
+}
+
+// A along one axis, the transpose of output_1d: 2 output gradients at d[0] and
+// d[s] -> 4 components at stride s.
+__attribute__((target("avx512f"))) inline void output_gradient_1d(__m512* d, int s) {
+  __m512 y0 = d[0], y1 = d[s];
+  d[s] = _mm512_add_ps(y0, y1);
+  d[2 * s] = _mm512_sub_ps(y0, y1);
+  d[3 * s] = _mm512_sub_ps(_mm512_setzero_ps(), y1);
+}
+
+// Transforms the output gradient's tiles [first, first + count) into
+// m (count, components, o): the transpose of transform_output, outputs beyond
+// the frame taken as zero.
+template <int AT, int AH, int AW, typename T>
+__attribute__((target("avx512f,avx512bw"))) void transform_output_gradient(const Layout& l, const T* dy,
+                                                                           int64_t first, int64_t count, float* m) {
+  const Geometry& g = l.g;
+  constexpr int kComponents = AT * AH * AW;
+  constexpr int RT = AT == 4 ? 2 : 1, RH = AH == 4 ? 2 : 1, RW = AW == 4 ? 2 : 1;
+  const int64_t sw = g.o, sh = g.size[2] * sw, st = g.size[1] * sh;
+  __m512 d[kComponents];
+  for (int64_t b = 0; b < count; b++) {
+    int64_t n, pos[3];
+    l.origin(first + b, &n, pos);
+    const int64_t lt = std::min<int64_t>(RT, g.size[0] - pos[0]), lh = std::min<int64_t>(RH, g.size[1] - pos[1]),
+                  lw = std::min<int64_t>(RW, g.size[2] - pos[2]);
+    const T* base = dy + n * g.size[0] * st + pos[0] * st + pos[1] * sh + pos[2] * sw;
+    float* out = m + b * kComponents * g.o;
+    for (int64_t o = 0; o < g.o; o += kLanes) {
+      for (int i = 0; i < RT; i++)
+        for (int j = 0; j < RH; j++)
+          for (int k = 0; k < RW; k++)
+            d[(i * AH + j) * AW + k] =
+                i < lt && j < lh && k < lw ? load(base + i * st + j * sh + k * sw + o) : _mm512_setzero_ps();
+      if (AT == 4)
+        for (int j = 0; j < RH; j++)
+          for (int k = 0; k < RW; k++) output_gradient_1d(d + j * AW + k, AH * AW);
+      if (AH == 4)
+        for (int i = 0; i < AT; i++)
+          for (int k = 0; k < RW; k++) output_gradient_1d(d + i * AH * AW + k, AW);
+      if (AW == 4)
+        for (int i = 0; i < AT * AH; i++) output_gradient_1d(d + i * AW, 1);
+      for (int e = 0; e < kComponents; e++) _mm512_storeu_ps(out + e * g.o + o, d[e]);
+    }
+  }
+}
+
+// du (components, c, o) = sum over tiles of v[tile, e]^T m[tile, e]: the
+// gradient of the transformed kernel. Each thread sums a fixed set of blocks
+// and the threads' sums are added in order, so the result is deterministic.
+template <int AT, int AH, int AW, typename T>
+void kernel_gradient_tiles(const Layout& l, const T* x, const T* dy, float* du) {
+  const Geometry& g = l.g;
+  const int64_t block = std::max<int64_t>(1, kGradientBlockBytes / (l.components * (g.c + g.o) * 4));
+  const int64_t blocks = (l.tile_count + block - 1) / block, size = l.components * g.c * g.o;
+  const int64_t threads = std::min<int64_t>(cpu_count(), blocks);
+  std::vector<std::vector<float>> sums(threads);
+  auto work = [&](int64_t thread) {
+    std::vector<float>& sum = sums[thread];
+    sum.assign(size, 0.0f);
+    std::vector<float> v(l.components * block * g.c), m(l.components * block * g.o);
+    for (int64_t i = thread; i < blocks; i += threads) {
+      int64_t first = i * block, count = std::min(block, l.tile_count - first);
+      transform_input<AT, AH, AW>(l, x, first, count, v.data());
+      transform_output_gradient<AT, AH, AW>(l, dy, first, count, m.data());
+      // Per component e: du[e] (c x o) += v[:, e]^T (c x count) * m[:, e] (count x o).
+      for (int64_t e = 0; e < l.components; e++)
+        matmul<true>({v.data() + e * g.c, 1, l.components * g.c}, m.data() + e * g.o, l.components * g.o,
+                     sum.data() + e * g.c * g.o, g.o, g.c, count, g.o);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (int64_t t = 1; t < threads; t++) helpers.emplace_back(work, t);
+  work(0);
+  for (auto& t : helpers) t.join();
+  std::copy(sums[0].begin(), sums[0].end(), du);
+  for (int64_t t = 1; t < threads; t++)
+    for (int64_t i = 0; i < size; i++) du[i] += sums[t][i];
 }
 
 template <typename T>
@@ -259,11 +352,30 @@ void run(const Geometry& g, const T* x, const float* u, T* y) {
   return run_tiles<1, 1, 4>(l, x, u, y);
 }
 
+template <typename T>
+void kernel_gradient(const Geometry& g, const T* x, const T* dy, float* du) {
+  const Layout l(g);
+  const auto [t, h, w] = g.winograd;
+  if (t && h && w) return kernel_gradient_tiles<4, 4, 4>(l, x, dy, du);
+  if (!t && h && w) return kernel_gradient_tiles<1, 4, 4>(l, x, dy, du);
+  if (t && !h && !w) return kernel_gradient_tiles<4, 1, 1>(l, x, dy, du);
+  if (t && h) return kernel_gradient_tiles<4, 4, 1>(l, x, dy, du);
+  if (t && w) return kernel_gradient_tiles<4, 1, 4>(l, x, dy, du);
+  if (h) return kernel_gradient_tiles<1, 4, 1>(l, x, dy, du);
+  return kernel_gradient_tiles<1, 1, 4>(l, x, dy, du);
+}
+
 }  // namespace
 
 bool supported() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"); }
 
 void forward_f32(const Geometry& g, const float* x, const float* u, float* y) { run(g, x, u, y); }
 void forward_bf16(const Geometry& g, const uint16_t* x, const float* u, uint16_t* y) { run(g, x, u, y); }
+void kernel_gradient_f32(const Geometry& g, const float* x, const float* dy, float* du) {
+  kernel_gradient(g, x, dy, du);
+}
+void kernel_gradient_bf16(const Geometry& g, const uint16_t* x, const uint16_t* dy, float* du) {
+  kernel_gradient(g, x, dy, du);
+}
 
 }  // namespace flax_video_winograd

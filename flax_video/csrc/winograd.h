@@ -1,5 +1,5 @@
 // flax_video._onednn's Winograd F(2, 3) convolution (winograd.cc): the forward
-// pass of stride-1 convs with 3 taps and padding 1 along the Winograd axes.
+// pass and kernel gradient of stride-1 convs with 3 taps and padding 1 along the Winograd axes.
 #pragma once
 
 #include <cstdint>
@@ -21,5 +21,10 @@ bool supported();
 // 4 ** (number of Winograd axes) in (t, h, w) order.
 void forward_f32(const Geometry& g, const float* x, const float* u, float* y);
 void forward_bf16(const Geometry& g, const uint16_t* x, const float* u, uint16_t* y);
+
+// du (components, c, o) in float32: the gradient of the transformed kernel for
+// output gradient dy (n, t, h, w, o); the caller maps it back to the kernel's taps.
+void kernel_gradient_f32(const Geometry& g, const float* x, const float* dy, float* du);
+void kernel_gradient_bf16(const Geometry& g, const uint16_t* x, const uint16_t* dy, float* du);
 
 }  // namespace flax_video_winograd
