@@ -1,6 +1,6 @@
 """Builds flax_video._onednn, the C++ extension behind flax_video/onednn.py and
 flax_video/winograd.py: XLA FFI handlers for oneDNN's 3D convolutions and for
-a Winograd F(2, 3) conv kernel of its own (AVX-512, chosen at run time). It needs only jaxlib's FFI
+a Winograd F(2, 3) conv kernel of its own (AVX-512 or AVX2, chosen at run time). It needs only jaxlib's FFI
 headers and a C++17 compiler (oneDNN itself is opened at run time); where it
 cannot be built the install goes on without it and convs run through XLA.
 Everything else about the package is in pyproject.toml."""
@@ -11,7 +11,8 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
     "flax_video._onednn",
-    sources=["flax_video/csrc/onednn_conv.cc", "flax_video/csrc/winograd.cc"],
+    sources=["flax_video/csrc/onednn_conv.cc", "flax_video/csrc/winograd.cc",
+             "flax_video/csrc/winograd_avx512.cc", "flax_video/csrc/winograd_avx2.cc"],
     include_dirs=[str(Path(jaxlib.__file__).parent / "include")],
     extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-pthread"],
     libraries=["dl"],

@@ -154,6 +154,15 @@ ONEDNN_MIN_PIXELS = 49
 # Of those, float32 stride-1 convs of 3-tap and 1-tap axes run faster by
 # Winograd F(2, 3) where its transformed kernel stays in cache: r3d_18's
 # layer1 1.7x and layer2 1.45x in the forward pass (`flax_video.winograd`).
+# On AVX2 CPUs (oneDNN without AVX-512) oneDNN's backward passes of
+# spatial-only kernels (1x1x1, 1x3x3 on 16+ channels) train slower than XLA's
+# 2D lowerings (r2plus1d_18's strided 1x3x3 64->230: 791 ms against 540),
+# so those keep XLA's; its 3D kernels still win (3x3x3 stride 2: 268 ms
+# against 443).
+
+
+def _spatial_only(kernel_shape) -> bool:
+    return kernel_shape[0] == 1 and kernel_shape[3] >= 16
 
 
 def _output_pixels(input_shape, kernel_shape, strides: Triple, padding: Triple) -> int:
@@ -169,13 +178,12 @@ def choose(input_shape, kernel_shape, strides: Triple, padding: Triple, backend:
     """The fastest lowering measured for this conv shape on `backend`."""
     if backend != "cpu":
         return "native"
-    if (_onednn.enabled(dtype, backend)
+    if (_onednn.custom_calls(backend)
             and _output_pixels(input_shape, kernel_shape, strides, padding) >= ONEDNN_MIN_PIXELS):
-        winograd_axes = _winograd.axes(kernel_shape, strides, padding)
-        if (jnp.dtype(dtype) == jnp.float32 and winograd_axes is not None and _winograd.available()
-                and _winograd.kernel_bytes(kernel_shape, winograd_axes) <= _winograd.MAX_KERNEL_BYTES):
+        if _winograd.chosen(kernel_shape, strides, padding, dtype):
             return "winograd"
-        return "onednn"
+        if _onednn.enabled(dtype, backend) and not (_onednn.isa() == "avx2" and _spatial_only(kernel_shape)):
+            return "onednn"
     return choose_xla(input_shape, kernel_shape, strides, padding)
 
 

@@ -12,8 +12,9 @@ gradients, which XLA:CPU computes in several passes (60 ms for one bf16
 BatchNorm of r3d_18's layer1, forward and backward; oneDNN: 5 ms). The library is the `onednn-cpu-gomp` wheel's `libdnnl.so.3`,
 opened at run time.
 
-It is used for float32 and bfloat16 convs on x86-64 CPUs with AVX-512 (where
-it was measured to win) when the extension and the library load;
+It is used on x86-64 CPUs with AVX-512 (float32 and bfloat16 convs) or AVX2
+and FMA (float32 only: oneDNN 3.2 has no bfloat16 conv there), where it was
+measured to win, when the extension and the library load;
 `FLAX_VIDEO_ONEDNN=0` turns it off. Which path runs is logged once, on the
 "flax_video" logger.
 """
@@ -34,7 +35,7 @@ import numpy as np
 
 ENV_VAR = "FLAX_VIDEO_ONEDNN"
 LIBRARY_PACKAGE = "onednn-cpu-gomp"
-DTYPES = (jnp.float32, jnp.bfloat16)
+DTYPES = (jnp.float32, jnp.bfloat16)  # what the FFI handlers take
 
 log = logging.getLogger("flax_video")
 
@@ -48,11 +49,34 @@ def _library_path() -> Path | None:
     return next((Path(dist.locate_file(f)) for f in files if f.name == "libdnnl.so.3"), None)
 
 
-def _has_avx512() -> bool:
+def _cpu_flags() -> set[str]:
     try:
-        return " avx512f " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
+
+
+@functools.cache
+def isa() -> str | None:
+    """The vector ISA flax_video's CPU kernels use here: "avx512" (F and BW),
+    "avx2" (with FMA) or None (not x86-64 Linux, or neither)."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return None
+    flags = _cpu_flags()
+    if {"avx512f", "avx512bw"} <= flags:
+        return "avx512"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    return None
+
+
+def dtypes() -> tuple:
+    """The dtypes whose convs oneDNN runs on this CPU: bfloat16 needs AVX-512
+    (oneDNN 3.2 has no bfloat16 conv for AVX2: it refuses to create one)."""
+    return DTYPES if isa() == "avx512" else (jnp.float32,)
 
 
 @functools.cache
@@ -61,8 +85,8 @@ def status() -> tuple[bool, str]:
     library and registers the FFI targets on first call."""
     if os.environ.get(ENV_VAR, "1") == "0":
         return False, f"{ENV_VAR}=0"
-    if platform.system() != "Linux" or platform.machine() != "x86_64" or not _has_avx512():
-        return False, "oneDNN is used only on x86-64 Linux CPUs with AVX-512, where it was measured"
+    if isa() is None:
+        return False, "oneDNN is used only on x86-64 Linux CPUs with AVX2 or AVX-512, where it was measured"
     try:
         from flax_video import _onednn
     except ImportError as e:
@@ -84,7 +108,8 @@ def available() -> bool:
     """True where convs run through oneDNN; logs which path runs, once."""
     ok, what = status()
     if ok:
-        log.info("flax_video: 3D convolutions on CPU run through %s", what)
+        log.info("flax_video: %s 3D convolutions on CPU run through %s (%s)",
+                 " and ".join(jnp.dtype(d).name for d in dtypes()), what, isa())
     else:
         log.info("flax_video: 3D convolutions on CPU run through XLA (oneDNN not used: %s)", what)
     return ok
@@ -107,8 +132,14 @@ def portable():
 def enabled(dtype, backend: str | None = None) -> bool:
     """Whether an op of `dtype` traced now, for `backend` (default: JAX's),
     runs through oneDNN."""
+    return jnp.dtype(dtype) in dtypes() and custom_calls(backend)
+
+
+def custom_calls(backend: str | None = None) -> bool:
+    """Whether ops traced now, for `backend` (default: JAX's), may use
+    flax_video's custom calls (oneDNN's and the Winograd kernels)."""
     backend = backend or jax.default_backend()
-    return backend == "cpu" and jnp.dtype(dtype) in DTYPES and not _portable.get() and available()
+    return backend == "cpu" and not _portable.get() and available()
 
 
 def plans() -> list[str]:
@@ -154,6 +185,11 @@ def _conv_bwd(strides, padding, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _check_cpu_takes(dtype):
+    if jnp.dtype(dtype) not in dtypes():
+        raise ValueError(f"oneDNN has no {jnp.dtype(dtype).name} kernels on this CPU ({isa()}: they need AVX-512)")
+
+
 def conv3d(x, kernel, strides, padding):
     """The conv of `flax_video.conv3d` (NDHWC input, DHWIO kernel, symmetric
     padding) through oneDNN; x and kernel of one dtype, float32 or bfloat16."""
@@ -162,6 +198,7 @@ def conv3d(x, kernel, strides, padding):
     if x.dtype != kernel.dtype or x.dtype not in DTYPES:
         raise ValueError(f"oneDNN convs take float32 or bfloat16 operands of one dtype, not {x.dtype} and "
                          f"{kernel.dtype}")
+    _check_cpu_takes(x.dtype)
     return _conv(x, kernel, tuple(int(s) for s in strides), tuple(int(p) for p in padding))
 
 
@@ -223,4 +260,5 @@ def batch_norm(x, scale, shift, epsilon: float):
         raise RuntimeError(f"oneDNN is not available: {status()[1]}")
     if x.dtype not in DTYPES:
         raise ValueError(f"oneDNN's batch norm takes float32 or bfloat16, not {x.dtype}")
+    _check_cpu_takes(x.dtype)
     return _batch_norm(x, scale.astype(jnp.float32), shift.astype(jnp.float32), float(epsilon))

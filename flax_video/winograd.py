@@ -12,9 +12,12 @@ runs faster than torch in float32: `flax_video._onednn` has the kernel
 The input gradient of such a conv is the same kind of conv (the kernel
 mirrored, its channels swapped) and runs through the same kernel; the kernel
 gradient is the transformed tiles of the input times those of the output
-gradient, summed over tiles, by a kernel of the same making. Used for float32 convs where the transformed
-kernel fits in cache (`MAX_KERNEL_BYTES`), on CPUs with AVX-512;
-`FLAX_VIDEO_WINOGRAD=0` turns it off.
+gradient, summed over tiles, by a kernel of the same making (AVX-512 or AVX2
+code, picked at run time). Used where the transformed kernel fits in cache
+(`MAX_KERNEL_BYTES`), for float32 convs, and for bfloat16 ones where oneDNN
+has no bfloat16 conv (AVX2 CPUs: there XLA's bfloat16 convs are all there is
+besides, and Winograd with float32 inside beats them); `FLAX_VIDEO_WINOGRAD=0`
+turns it off.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ log = logging.getLogger("flax_video")
 @functools.cache
 def available() -> bool:
     """Whether Winograd convs run here (the oneDNN extension loads and the CPU
-    has AVX-512 BW); logs once when they do not, and why."""
+    has AVX-512 BW or AVX2 with FMA); logs once which, or why not."""
     if os.environ.get(ENV_VAR, "1") == "0":
         log.info("flax_video: Winograd convs off (%s=0)", ENV_VAR)
         return False
@@ -53,10 +56,26 @@ def available() -> bool:
         return False
     from flax_video import _onednn
     if not _onednn.winograd_supported():
-        log.info("flax_video: Winograd convs not used: the CPU lacks AVX-512 BW")
+        log.info("flax_video: Winograd convs not used: the CPU has neither AVX-512 BW nor AVX2 with FMA")
         return False
-    log.info("flax_video: stride-1 3-tap float32 convs on CPU run through Winograd F(2, 3)")
+    log.info("flax_video: stride-1 3-tap %s convs on CPU run through Winograd F(2, 3) (%s)",
+             " and ".join(jnp.dtype(d).name for d in dtypes()), onednn.isa())
     return True
+
+
+def dtypes() -> tuple:
+    """The dtypes whose convs Winograd takes: float32, and bfloat16 where
+    oneDNN has no bfloat16 conv (with it, oneDNN's bf16 kernels win)."""
+    return (jnp.float32,) if jnp.bfloat16 in onednn.dtypes() else onednn.DTYPES
+
+
+def chosen(kernel_shape, strides, padding, dtype) -> bool:
+    """Whether `conv3d.choose` should take Winograd for this conv: it
+    applies, the dtype is one of `dtypes()`, and the transformed kernel fits
+    in cache."""
+    winograd_axes = axes(kernel_shape, strides, padding)
+    return (winograd_axes is not None and jnp.dtype(dtype) in dtypes() and available()
+            and kernel_bytes(kernel_shape, winograd_axes) <= MAX_KERNEL_BYTES)
 
 
 def axes(kernel_shape, strides, padding) -> tuple[int, int, int] | None:

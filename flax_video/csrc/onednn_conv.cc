@@ -518,7 +518,7 @@ ffi::Error winograd_forward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> u, ffi::Resu
   if ((dtype != ffi::F32 && dtype != ffi::BF16) || y->element_type() != dtype)
     return ffi::Error::InvalidArgument("flax_video._onednn: Winograd convs take float32 or bfloat16");
   if (!flax_video_winograd::supported())
-    return ffi::Error::Internal("flax_video._onednn: Winograd convs need AVX-512 (F, BW)");
+    return ffi::Error::Internal("flax_video._onednn: Winograd convs need AVX-512 (F, BW) or AVX2 with FMA");
   auto xd = x.dimensions(), ud = u.dimensions(), yd = y->dimensions();
   if (xd.size() < 5 || yd.size() != xd.size() || ud.size() != xd.size() - 2 || axes.size() != 3)
     return ffi::Error::InvalidArgument("flax_video._onednn: Winograd operands of the wrong rank");
@@ -576,7 +576,7 @@ ffi::Error winograd_kernel_gradient(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Re
   if ((dtype != ffi::F32 && dtype != ffi::BF16) || dy.element_type() != dtype)
     return ffi::Error::InvalidArgument("flax_video._onednn: Winograd convs take float32 or bfloat16");
   if (!flax_video_winograd::supported())
-    return ffi::Error::Internal("flax_video._onednn: Winograd convs need AVX-512 (F, BW)");
+    return ffi::Error::Internal("flax_video._onednn: Winograd convs need AVX-512 (F, BW) or AVX2 with FMA");
   auto xd = x.dimensions(), yd = dy.dimensions(), ud = du->dimensions();
   if (xd.size() != 5 || yd.size() != 5 || ud.size() != 3 || axes.size() != 3)
     return ffi::Error::InvalidArgument("flax_video._onednn: Winograd gradient operands of the wrong rank");
@@ -723,11 +723,13 @@ PyObject* batch_norm_implementations(PyObject*, PyObject* args) {
 }
 
 PyObject* winograd_supported(PyObject*, PyObject*) { return PyBool_FromLong(flax_video_winograd::supported()); }
+PyObject* winograd_isa(PyObject*, PyObject*) { return PyUnicode_FromString(flax_video_winograd::isa()); }
 
 PyMethodDef methods[] = {
     {"load", load, METH_VARARGS, "Open libdnnl.so.3 at this path; returns its version."},
     {"targets", targets, METH_NOARGS, "The XLA FFI handlers, by target name."},
     {"winograd_supported", winograd_supported, METH_NOARGS, "Whether this CPU runs the Winograd convs."},
+    {"winograd_isa", winograd_isa, METH_NOARGS, "The ISA the Winograd convs use here: avx512, avx2 or none."},
     {"plans", list_plans, METH_NOARGS, "The convs planned so far and their oneDNN implementations."},
     {"batch_norm_implementations", batch_norm_implementations, METH_VARARGS,
      "The oneDNN implementations of a BatchNorm's forward and backward pass."},

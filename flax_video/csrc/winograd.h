@@ -14,8 +14,10 @@ struct Geometry {
   bool winograd[3];
 };
 
-// Whether this CPU runs the kernels (AVX-512 F and BW).
+// Whether this CPU runs the kernels (AVX-512 F and BW, or AVX2 and FMA), and
+// which of those ISAs they use.
 bool supported();
+const char* isa();
 
 // u: the transformed kernel, (components, c, o) in float32, components =
 // 4 ** (number of Winograd axes) in (t, h, w) order.
