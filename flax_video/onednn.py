@@ -94,6 +94,11 @@ def status() -> tuple[bool, str]:
     path = _library_path()
     if path is None:
         return False, f"libdnnl.so.3 not found: pip install {LIBRARY_PACKAGE}"
+    # oneDNN's OpenMP threads spin after each call by default, taking the cores
+    # XLA's threads need for the ops between (the demo's r2plus1d step on 2
+    # AVX2 cores: 0.53 s spinning, 0.42 s passive, as without oneDNN). Read
+    # when libgomp loads, which is next; a value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         version = _onednn.load(str(path))
     except OSError as e:
