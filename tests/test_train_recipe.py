@@ -177,12 +177,22 @@ def test_bfloat16_computes_convolutions_in_bf16_keeps_float32_state_and_learns()
         # Forward and backward: the operands of every convolution (XLA's or
         # oneDNN's custom calls) and of every matrix product (the matmul
         # lowerings of convs on small frames, the head) are in `dtype`. Products with a vector are BatchNorm's channel
-        # sums, float32 by design.
+        # sums, float32 by design. Winograd convs (bf16 ones on CPUs where
+        # oneDNN has no bf16 conv) take their activations in `dtype` and compute
+        # in float32 inside, like the other convs' accumulators: their kernel
+        # transforms (products with kron(G): 4/16/64 components x 3/9/27 taps)
+        # and transformed kernel are float32 by design.
         operand_types = []
-        convs = r"stablehlo.(?:convolution|dot_general).*|stablehlo.custom_call @flax_video_onednn_conv.*"
+        convs = (r"stablehlo.(?:convolution|dot_general).*"
+                 r"|stablehlo.custom_call @flax_video_(?:onednn_conv|winograd).*")
+        kernel_transform = re.compile(r"(?:4|16|64)x(?:3|9|27)|(?:3|9|27)x(?:4|16|64)")
         for op in re.findall(convs, step.lower(state, batch).as_text()):
             signature = op.rsplit(" : ", 1)[-1]  # after the attributes
             operands = re.findall(r"tensor<([0-9x]+)x(\w+)>", signature.rsplit("->", 1)[0])
+            if "winograd_forward" in op:
+                operands = operands[:1]  # x; the transformed kernel is float32
+            elif "dot_general" in op and kernel_transform.fullmatch(operands[0][0]):
+                continue
             if all(shape.count("x") >= 1 for shape, _ in operands):
                 operand_types += [t for _, t in operands]
         assert len(operand_types) > 2 * 3 * 20 and set(operand_types) == {"bf16" if dtype == "bfloat16" else "f32"}
