@@ -49,28 +49,17 @@ def _library_path() -> Path | None:
     return next((Path(dist.locate_file(f)) for f in files if f.name == "libdnnl.so.3"), None)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 @functools.cache
 def isa() -> str | None:
     """The vector ISA flax_video's CPU kernels use here: "avx512" (F and BW),
-    "avx2" (with FMA) or None (not x86-64 Linux, or neither)."""
-    if platform.system() != "Linux" or platform.machine() != "x86_64":
+    "avx2" (with FMA) or None (neither, or the extension was not built). The
+    extension's answer, on which its Winograd kernels also dispatch."""
+    try:
+        from flax_video import _onednn
+    except ImportError:
         return None
-    flags = _cpu_flags()
-    if {"avx512f", "avx512bw"} <= flags:
-        return "avx512"
-    if {"avx2", "fma"} <= flags:
-        return "avx2"
-    return None
+    found = _onednn.cpu_isa()
+    return None if found == "none" else found
 
 
 def dtypes() -> tuple:
@@ -85,12 +74,14 @@ def status() -> tuple[bool, str]:
     library and registers the FFI targets on first call."""
     if os.environ.get(ENV_VAR, "1") == "0":
         return False, f"{ENV_VAR}=0"
-    if isa() is None:
-        return False, "oneDNN is used only on x86-64 Linux CPUs with AVX2 or AVX-512, where it was measured"
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return False, "oneDNN is used only on x86-64 Linux CPUs, where it was measured"
     try:
         from flax_video import _onednn
     except ImportError as e:
         return False, f"the extension flax_video._onednn was not built ({e}); reinstall with a C++ compiler"
+    if isa() is None:
+        return False, "oneDNN is used only on CPUs with AVX2 and FMA or AVX-512, where it was measured"
     path = _library_path()
     if path is None:
         return False, f"libdnnl.so.3 not found: pip install {LIBRARY_PACKAGE}"

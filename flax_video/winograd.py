@@ -52,11 +52,7 @@ def available() -> bool:
     if os.environ.get(ENV_VAR, "1") == "0":
         log.info("flax_video: Winograd convs off (%s=0)", ENV_VAR)
         return False
-    if not onednn.available():
-        return False
-    from flax_video import _onednn
-    if not _onednn.winograd_supported():
-        log.info("flax_video: Winograd convs not used: the CPU has neither AVX-512 BW nor AVX2 with FMA")
+    if not onednn.available():  # needs the extension and the ISA, and logs why not
         return False
     log.info("flax_video: stride-1 3-tap %s convs on CPU run through Winograd F(2, 3) (%s)",
              " and ".join(jnp.dtype(d).name for d in dtypes()), onednn.isa())

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_video import conv3d, winograd
+from flax_video import conv3d, onednn, winograd
 from tests.test_onednn import ISA, REPO, loss_and_grads, operands, reference, relative_error
 from tests.train_helpers import devices_env
 
@@ -28,9 +28,7 @@ requires_winograd = pytest.mark.skipif(not winograd.available(), reason="Winogra
 
 def test_available_where_the_cpu_has_avx2_or_avx512():
     assert winograd.available() == (ISA is not None)
-    if ISA:
-        from flax_video import _onednn
-        assert _onednn.winograd_isa() == ISA
+    assert onednn.isa() == ISA
 
 
 @requires_winograd

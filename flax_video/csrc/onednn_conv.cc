@@ -722,14 +722,14 @@ PyObject* batch_norm_implementations(PyObject*, PyObject* args) {
   }
 }
 
-PyObject* winograd_supported(PyObject*, PyObject*) { return PyBool_FromLong(flax_video_winograd::supported()); }
-PyObject* winograd_isa(PyObject*, PyObject*) { return PyUnicode_FromString(flax_video_winograd::isa()); }
+// The one place flax_video asks which vector ISA the CPU has (flax_video.onednn.isa()
+// reads it): the Winograd kernels dispatch on the same answer.
+PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(flax_video_winograd::isa()); }
 
 PyMethodDef methods[] = {
     {"load", load, METH_VARARGS, "Open libdnnl.so.3 at this path; returns its version."},
     {"targets", targets, METH_NOARGS, "The XLA FFI handlers, by target name."},
-    {"winograd_supported", winograd_supported, METH_NOARGS, "Whether this CPU runs the Winograd convs."},
-    {"winograd_isa", winograd_isa, METH_NOARGS, "The ISA the Winograd convs use here: avx512, avx2 or none."},
+    {"cpu_isa", cpu_isa, METH_NOARGS, "The vector ISA flax_video's kernels use here: avx512, avx2 or none."},
     {"plans", list_plans, METH_NOARGS, "The convs planned so far and their oneDNN implementations."},
     {"batch_norm_implementations", batch_norm_implementations, METH_VARARGS,
      "The oneDNN implementations of a BatchNorm's forward and backward pass."},
