@@ -194,10 +194,10 @@ def test_fine_tune_from_a_torchvision_file_reinitializes_the_head(finished, tmp_
 
     base, _ = finished
     torch.manual_seed(0)
-    net = torch_model("mc3_18", num_classes=400)
-    torch.save(net.state_dict(), tmp_path / "mc3_18.pth")
+    net = torch_model("mc3_10", num_classes=400)
+    torch.save(net.state_dict(), tmp_path / "mc3_10.pth")
     work = tmp_path / "fine"
-    result = run_train([*TINY, "--init-from", str(tmp_path / "mc3_18.pth"), "--max-steps", "1", "--lr", "0",
+    result = run_train([*TINY, "--init-from", str(tmp_path / "mc3_10.pth"), "--max-steps", "1", "--lr", "0",
                         "--weight-decay", "0", "--tfds-dir", str(base / "tfds"), "--workdir", str(work)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "re-initializing the classifier for 5 classes (pretrained: 400)" in result.stdout

@@ -15,7 +15,7 @@ from train.workdir import owned
 
 # 10 videos, 1 device x 2 clips: 5 steps an epoch; a checkpoint every step,
 # the last 3 kept.
-ARGS = [*TINY, "--variant", "mc3_10", "--checkpoint-every", "1"]
+ARGS = [*TINY, "--checkpoint-every", "1"]
 
 HOLD = "import sys, time\nfrom train.workdir import owned\nwith owned(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n"
 
