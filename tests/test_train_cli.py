@@ -38,6 +38,33 @@ def test_demo_run_writes_metrics_plots_and_checkpoints(finished):
     assert {"clip_acc1", "clip_acc5", "video_acc1", "video_acc5"} <= set(next(r for r in records if r["kind"] == "eval"))
     steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [6, 8, 10]  # every 2 steps and each epoch end, last 3 kept
+    losses = {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+    assert tensorboard_scalars(work / "tensorboard", "train/loss") == pytest.approx(losses, rel=1e-6)
+
+
+def tensorboard_scalars(folder, tag):
+    """{step: value} of one tag in TensorBoard event files (records: length,
+    its crc, an Event proto, its crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    values = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        while data:
+            length = int.from_bytes(data[:8], "little")
+            event = Event.FromString(data[12:12 + length])
+            data = data[16 + length:]
+            values.update({event.step: v.simple_value for v in event.summary.value if v.tag == tag})
+    return values
+
+
+def test_the_metrics_writer_leaves_torch_unloaded(tmp_path):
+    """tensorboardX imports torch when it can (for type hints): ~2 s of every
+    run's startup. Torch still imports afterwards."""
+    code = ("import sys; from train.metrics import Writer; Writer(sys.argv[1]).write('train', 1, {'loss': 0.5}); "
+            "assert 'torch' not in sys.modules, 'torch loaded'; import torch; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 def test_sigkill_then_resume_gives_bitwise_the_same_parameters(finished):

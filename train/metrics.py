@@ -4,6 +4,7 @@ TensorBoard events and PNG curves in the workdir (process 0 only)."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -52,6 +53,21 @@ def summarize(sums: np.ndarray) -> dict:
             "clips": int(clips), "videos": int(videos)}
 
 
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch where torch is not
+    loaded yet: tensorboardX imports it, if installed, for type hints only,
+    and that costs every training run ~2 s of startup. We log Python floats."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class Writer:
     """metrics.jsonl + TensorBoard + plots.png in the workdir."""
 
@@ -59,9 +75,7 @@ class Writer:
         self.workdir, self.enabled = Path(workdir), enabled
         self._tensorboard = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tensorboard = SummaryWriter(str(self.workdir / "tensorboard"))
+            self._tensorboard = _summary_writer()(str(self.workdir / "tensorboard"))
 
     def write(self, kind: str, step: int, values: dict) -> None:
         if not self.enabled:
