@@ -44,6 +44,19 @@ def test_bfloat16_sum_accumulates_in_float32():
     np.testing.assert_allclose(got.astype(jnp.float32), exact, rtol=0.02, atol=0.1)
 
 
+@pytest.mark.parametrize("kernel_size,strides,padding,shape", CASES)
+def test_float64_convs_on_cpu_run_as_matmuls(kernel_size, strides, padding, shape):
+    """XLA:CPU's float64 convolutions are 4-40x slower than the same conv as
+    one matmul; the chosen lowering still computes the native conv."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+        kernel = jax.random.normal(jax.random.key(1), (*kernel_size, shape[-1], 4), jnp.float64)
+        chosen = jax.jit(lambda x, k: conv3d.conv3d(x, k, strides, padding))
+        assert "convolution(" not in chosen.lower(x, kernel).compile().as_text()
+        np.testing.assert_allclose(chosen(x, kernel), conv3d.conv3d(x, kernel, strides, padding, "native"),
+                                   rtol=1e-12, atol=1e-12)
+
+
 def test_inapplicable_lowering_is_refused():
     with pytest.raises(ValueError, match="temporal2d.*does not apply"):
         conv3d.conv3d(jnp.zeros((1, 3, 4, 4, 2)), jnp.zeros((3, 3, 3, 2, 2)),
