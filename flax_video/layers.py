@@ -97,13 +97,13 @@ def _channel_sum(x, dtype):
 
 def _normalize_in_train_mode(x, scale, bias, epsilon, dtype, axis_name):
     """Train-mode BatchNorm: (y, batch mean, biased batch variance, count),
-    the statistics over every replica when `axis_name` is set. On CPU
-    oneDNN's BatchNorm computes it where it can (no replicas to average
+    the statistics over every replica when `axis_name` is set. On AVX-512
+    CPUs oneDNN's BatchNorm computes it where it can (no replicas to average
     over): a pass or two over x where XLA:CPU needs several."""
     stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
     count = math.prod(x.shape[:-1]) * (lax.axis_size(axis_name) if axis_name else 1)
     if (axis_name is None and x.dtype == jnp.dtype(dtype) and onednn.enabled(dtype)
-            and onednn.batch_norm_is_fast(dtype, count, x.shape[-1], epsilon)):
+            and onednn.batch_norm_wins(dtype, count, x.shape[-1], epsilon)):
         return (*onednn.batch_norm(x, scale, bias, epsilon), count)
     total = (lambda v: lax.psum(v, axis_name)) if axis_name else (lambda v: v)
 
