@@ -105,7 +105,9 @@ def test_zero_init_residual_zeroes_the_last_batchnorm_of_each_block(name, mode):
     expected = torchvision_to_flax(state, name)["params"]
     model = create_model(name, num_classes=5, zero_init_residual=mode)
     x = jax.random.uniform(jax.random.key(1), (1, 2, 16, 16, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    # Which scales are zero does not depend on the random bits; XLA compiles
+    # the init of r3d_50 with the rbg generator in half the time of threefry.
+    variables = jax.jit(model.init)(jax.random.key(0, impl="unsafe_rbg"), x)
 
     def zero_scales(tree):
         return {jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
