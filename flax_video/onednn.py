@@ -14,8 +14,9 @@ opened at run time.
 
 It is used on x86-64 CPUs with AVX-512 (float32 and bfloat16 convs,
 BatchNorm) or AVX2 and FMA (float32 convs only: oneDNN 3.2 has no bfloat16
-conv there, and XLA's BatchNorm trains faster), where it was measured to win, when the extension and the library load;
-`FLAX_VIDEO_ONEDNN=0` turns it off. Which path runs is logged once, on the
+conv there, and XLA's BatchNorm trains faster), where it was measured to
+win, when the extension and the library load; `FLAX_VIDEO_ONEDNN=0` turns
+it off. Which path runs is logged once, on the
 "flax_video" logger.
 """
 from __future__ import annotations
